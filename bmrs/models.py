@@ -1,6 +1,6 @@
 """The paper's networks with noise layers where the authors' code puts them (spec 4.2).
 
-* :func:`mlp` — Linear(in, h) → Tanh → noise, then n_layers × [Linear(h, h) → Tanh → noise], then
+* :func:`mlp` — Flatten, Linear(in, h) → Tanh → noise, then n_layers × [Linear(h, h) → Tanh → noise], then
   Linear(h, classes). "n_layers" counts the hidden blocks after the first, as in the paper's code.
 * :func:`lenet5` — widths scaled by the input channels c: Conv(c, 6c, 5) → ReLU → noise → MaxPool2,
   Conv(6c, 16c, 5) → ReLU → noise → MaxPool2, Flatten, Linear(400c, 120c) → ReLU → noise,
@@ -30,17 +30,14 @@ from bmrs.noise import MultiplicativeNoise
 
 @dataclass(frozen=True)
 class InputSpec:
-    """The input a model expects: (channels, height, width) and whether it is flattened."""
+    """The image input a model expects: (channels, height, width)."""
 
     channels: int
     height: int
     width: int
-    flatten: bool = False
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        if self.flatten:
-            return (self.channels * self.height * self.width,)
+    def shape(self) -> tuple[int, int, int]:
         return (self.channels, self.height, self.width)
 
     def example(self, batch: int = 2) -> torch.Tensor:
@@ -62,20 +59,21 @@ class Classifier(nn.Sequential):
         return self.input_spec.example(batch)
 
 
-def mlp(in_features: int, num_classes: int = 10, *, hidden: int = 100, n_layers: int = 1, noise: bool = True,
-        input_spec: InputSpec | None = None) -> Classifier:
-    """The paper's MLP (spec 4.2): n_layers + 1 hidden blocks of `hidden` Tanh units."""
-    if hidden < 1 or n_layers < 0 or in_features < 1 or num_classes < 2:
+def mlp(input_shape: tuple[int, int, int] = (1, 32, 32), num_classes: int = 10, *, hidden: int = 100,
+        n_layers: int = 1, noise: bool = True) -> Classifier:
+    """The paper's MLP (spec 4.2) on images of shape (C, H, W), flattened by its first layer:
+    Flatten → n_layers + 1 hidden blocks of `hidden` Tanh units → Linear(hidden, num_classes)."""
+    c, h, w = (int(v) for v in input_shape)
+    if hidden < 1 or n_layers < 0 or min(c, h, w) < 1 or num_classes < 2:
         raise ValueError(
-            f"mlp needs hidden >= 1, n_layers >= 0, in_features >= 1, num_classes >= 2; got hidden={hidden}, "
-            f"n_layers={n_layers}, in_features={in_features}, num_classes={num_classes}"
+            f"mlp needs hidden >= 1, n_layers >= 0, a positive input shape and num_classes >= 2; got hidden={hidden}, "
+            f"n_layers={n_layers}, input_shape={input_shape}, num_classes={num_classes}"
         )
-    layers: list[nn.Module] = [nn.Linear(in_features, hidden), nn.Tanh(), _noise(hidden, noise)]
+    layers: list[nn.Module] = [nn.Flatten(), nn.Linear(c * h * w, hidden), nn.Tanh(), _noise(hidden, noise)]
     for _ in range(n_layers):
         layers += [nn.Linear(hidden, hidden), nn.Tanh(), _noise(hidden, noise)]
     layers.append(nn.Linear(hidden, num_classes))
-    spec = input_spec or InputSpec(in_features, 1, 1, flatten=True)
-    return Classifier(*layers, input_spec=spec)
+    return Classifier(*layers, input_spec=InputSpec(c, h, w))
 
 
 def lenet5(in_channels: int = 1, num_classes: int = 10, *, noise: bool = True, image_size: int = 32) -> Classifier:
