@@ -92,3 +92,135 @@ def lenet5(in_channels: int = 1, num_classes: int = 10, *, noise: bool = True, i
         nn.Linear(84 * c, num_classes),
         input_spec=InputSpec(c, 32, 32),
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# torchvision networks (spec 4.2): ResNet with noise after every BatchNorm2d, ViT with noise on the
+# block outputs. Pretrained weights are loaded only when asked for.
+# --------------------------------------------------------------------------------------------------
+
+class NoisyBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d followed by per-channel multiplicative noise (the ResNet placement of spec 4.2).
+
+    Subclassing keeps the batch-norm's state_dict keys, so pretrained weights load unchanged; the noise
+    parameters live under `<bn>.noise.*`.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True) -> None:
+        super().__init__(num_features, eps=eps, momentum=momentum, affine=affine,
+                         track_running_stats=track_running_stats)
+        self.noise = MultiplicativeNoise(num_features, dim=1)
+
+    @classmethod
+    def from_batchnorm(cls, bn: nn.BatchNorm2d) -> "NoisyBatchNorm2d":
+        new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+        new.load_state_dict(bn.state_dict(), strict=False)
+        return new.to(bn.weight.device if bn.weight is not None else "cpu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.noise(super().forward(x))
+
+
+def _replace_batchnorms(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, NoisyBatchNorm2d):
+            setattr(module, name, NoisyBatchNorm2d.from_batchnorm(child))
+        else:
+            _replace_batchnorms(child)
+
+
+def _torchvision_weights(builder, pretrained: bool):
+    if not pretrained:
+        return None
+    return "DEFAULT"
+
+
+def _call_torchvision(builder, pretrained: bool, what: str, **kwargs) -> nn.Module:
+    try:
+        return builder(weights=_torchvision_weights(builder, pretrained), **kwargs)
+    except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError
+        if not pretrained:
+            raise
+        raise RuntimeError(
+            f"could not load the pretrained {what} weights through torchvision ({exc}). They are fetched once from "
+            "download.pytorch.org into ~/.cache/torch/hub/checkpoints; run with network access once, or copy the "
+            "checkpoint file there, or train without --pretrained"
+        ) from exc
+
+
+class TorchvisionClassifier(nn.Module):
+    """A torchvision backbone with its input spec (for tracing, compaction and benchmarks)."""
+
+    def __init__(self, net: nn.Module, input_spec: InputSpec, family: str) -> None:
+        super().__init__()
+        self.net = net
+        self.input_spec = input_spec
+        self.family = family
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def example_input(self, batch: int = 2) -> torch.Tensor:
+        return self.input_spec.example(batch)
+
+
+def resnet(depth: int = 50, num_classes: int = 10, *, noise: bool = True, pretrained: bool = False,
+           keep_imagenet_head: bool = False, image_size: int = 224) -> TorchvisionClassifier:
+    """torchvision ResNet-18/50 with a noise layer after every BatchNorm2d, downsample branches included
+    (spec 4.2; 53 noise layers for ResNet-50). The 1000-way head is replaced by a num_classes head unless
+    keep_imagenet_head (the authors' choice, spec 2.12.10)."""
+    from torchvision import models as tvm
+
+    builders = {18: tvm.resnet18, 50: tvm.resnet50}
+    if depth not in builders:
+        raise ValueError(f"resnet depth must be one of {sorted(builders)}; got {depth}")
+    net = _call_torchvision(builders[depth], pretrained, f"ResNet-{depth}")
+    if not keep_imagenet_head:
+        net.fc = nn.Linear(net.fc.in_features, num_classes)
+    if noise:
+        _replace_batchnorms(net)
+    return TorchvisionClassifier(net, InputSpec(3, image_size, image_size), f"resnet{depth}")
+
+
+class NoisyAttention(nn.Module):
+    """nn.MultiheadAttention whose output features get multiplicative noise (before the residual add)."""
+
+    def __init__(self, attention: nn.MultiheadAttention) -> None:
+        super().__init__()
+        self.attention = attention
+        self.noise = MultiplicativeNoise(attention.embed_dim, dim=-1)
+
+    def forward(self, query, key, value, **kwargs):
+        out, weights = self.attention(query, key, value, **kwargs)
+        return self.noise(out), weights
+
+
+def vit(num_classes: int = 10, *, noise: bool = True, pretrained: bool = False, keep_imagenet_head: bool = False,
+        image_size: int = 224, patch_size: int = 16, num_layers: int = 12, num_heads: int = 12,
+        hidden_dim: int = 768, mlp_dim: int = 3072) -> TorchvisionClassifier:
+    """torchvision ViT (ViT-B/16 by default) with noise on every encoder block's output features: after the
+    attention output projection and after the MLP's second linear layer, before the residual additions
+    (2 × num_layers noise layers of hidden_dim units; the released code's placement, spec 2.12.3).
+
+    pretrained=True loads torchvision's ViT-B/16 ImageNet weights (the authors used the HF checkpoint
+    google/vit-base-patch16-224, spec 4.2 — a documented deviation) and requires the B/16 configuration.
+    """
+    from torchvision import models as tvm
+
+    config = dict(image_size=image_size, patch_size=patch_size, num_layers=num_layers, num_heads=num_heads,
+                  hidden_dim=hidden_dim, mlp_dim=mlp_dim)
+    b16 = dict(image_size=224, patch_size=16, num_layers=12, num_heads=12, hidden_dim=768, mlp_dim=3072)
+    if pretrained:
+        if config != b16:
+            raise ValueError(f"pretrained weights exist only for ViT-B/16 {b16}; got {config}")
+        net = _call_torchvision(tvm.vit_b_16, True, "ViT-B/16")
+    else:
+        net = tvm.VisionTransformer(num_classes=1000 if keep_imagenet_head else num_classes, **config)
+    if not keep_imagenet_head and net.heads.head.out_features != num_classes:
+        net.heads.head = nn.Linear(net.heads.head.in_features, num_classes)
+    if noise:
+        for block in net.encoder.layers:
+            block.self_attention = NoisyAttention(block.self_attention)
+            block.mlp.append(MultiplicativeNoise(hidden_dim, dim=-1))
+    return TorchvisionClassifier(net, InputSpec(3, image_size, image_size), "vit")
