@@ -1,0 +1,3 @@
+from bmrs.cli import main
+
+raise SystemExit(main())

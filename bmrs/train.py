@@ -1,0 +1,413 @@
+"""The paper's training and pruning protocol (spec 2.4, 2.9, 4.3–4.5), in one readable loop.
+
+Continuous pruning (Tables 1, 2; Algorithm 1):
+
+    for epoch j = 1 .. e_T:                      # phase "train"
+        one pass of minibatch training on  CE(mean over batch) + kl_weight · KL_model   (spec 2.4)
+        if P > 0 and j mod P == 0: masks ← criterion(μ, σ)  (recomputed from scratch, spec 2.9)
+    final pruning (the L2 baseline's only pruning: the structure fraction BMRS_N reached, spec 3)
+    for epoch = 1 .. e_F:                         # phase "finetune": masks frozen
+        one pass of training; keep the state with the best validation accuracy
+    evaluate that state on the test set
+
+A pruned unit keeps receiving KL gradients (the KL covers every unit), so with P > 0 it may be revived
+at the next pruning step, as in the released code. "None" trains the plain network (no noise layers)
+with the same schedule and model selection.
+
+Every epoch ends with an atomic checkpoint (model, optimiser, scheduler, every RNG state, history,
+best state) so an interrupted run resumes from its last completed epoch and finishes with exactly the
+metrics an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bmrs.criteria import Criterion, PruningResult, apply_criterion, current_result, prune_to_fraction
+from bmrs.metrics import paper_compression
+from bmrs.noise import model_kl, noise_layers
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings of one run (spec 4.3); see bmrs.experiments.PRESETS for the paper's."""
+
+    epochs: int = 50
+    finetune_epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 128
+    optimizer: str = "adam"  # "adam" | "adamw"
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # > 0: linear warm-up then linear decay (the ViT schedule), rebuilt for fine-tuning
+    kl_reduction: str = "mean"  # spec 2.4
+    kl_weight: float = 1.0
+    prune_every: int = 1  # P; 0 = no pruning during training (post-training base models)
+    eval_batch_size: int = 1024
+
+    def validate(self) -> None:
+        problems = []
+        if self.epochs < 0 or self.finetune_epochs < 0:
+            problems.append("epochs and finetune_epochs must be >= 0")
+        if not self.lr > 0:
+            problems.append("lr must be > 0")
+        if self.batch_size < 1:
+            problems.append("batch_size must be >= 1")
+        if self.optimizer not in ("adam", "adamw"):
+            problems.append(f"optimizer must be 'adam' or 'adamw', not {self.optimizer!r}")
+        if self.kl_reduction not in ("mean", "sum"):
+            problems.append(f"kl_reduction must be 'mean' or 'sum', not {self.kl_reduction!r}")
+        if self.prune_every < 0:
+            problems.append("prune_every must be >= 0")
+        if problems:
+            raise ValueError("invalid training configuration: " + "; ".join(problems))
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' → cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA device is available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def quiet() -> bool:
+    """Progress bars are off under BMRS_QUIET=1 (set by the test runner)."""
+    return os.environ.get("BMRS_QUIET", "") not in ("", "0")
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() > 1]
+        no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() <= 1]
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
+    """Linear warm-up over cfg.warmup_steps then linear decay to 0 (or None when warmup_steps == 0)."""
+    if cfg.warmup_steps <= 0:
+        return None
+    warm = cfg.warmup_steps
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total_steps - step) / max(1, total_steps - warm))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split, *, device: torch.device, batch_size: int = 1024) -> dict[str, float]:
+    """Top-1 accuracy (%) and mean cross-entropy of model (eval mode: θ = E[θ]·mask) on a split."""
+    from bmrs.data import iterate_batches
+
+    was = model.training
+    model.eval()
+    correct = total = 0
+    loss = 0.0
+    for x, y in iterate_batches(split, batch_size, shuffle=False):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits = model(x)
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+        total += y.numel()
+    model.train(was)
+    return {"acc": 100.0 * correct / max(total, 1), "loss": loss / max(total, 1)}
+
+
+def train_epoch(model: nn.Module, split, optimizer, *, cfg: TrainConfig, device: torch.device,
+                generator: torch.Generator, scheduler=None, shuffle: bool = True, desc: str = "") -> dict[str, float]:
+    """One pass over split minimising CE + kl_weight · KL (spec 2.4). Returns mean loss terms."""
+    from bmrs.data import iterate_batches
+
+    model.train()
+    totals = {"loss": 0.0, "ce": 0.0, "kl": 0.0}
+    n_batches = 0
+    batches = iterate_batches(split, cfg.batch_size, shuffle=shuffle, generator=generator)
+    if not quiet():
+        from tqdm.auto import tqdm
+        batches = tqdm(batches, desc=desc, leave=False, unit="batch", dynamic_ncols=True)
+    for x, y in batches:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        ce = F.cross_entropy(model(x), y)
+        kl = model_kl(model, cfg.kl_reduction).to(ce.device) if cfg.kl_weight else torch.zeros((), device=ce.device)
+        loss = ce + cfg.kl_weight * kl
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"the training loss became {float(loss)} ({desc}); lower the learning rate (--lr) or check the data"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        totals["loss"] += float(loss)
+        totals["ce"] += float(ce)
+        totals["kl"] += float(kl)
+        n_batches += 1
+    return {k: v / max(n_batches, 1) for k, v in totals.items()}
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "generator": generator.get_state(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised when a run stops early on request (stop_after_epoch); the checkpoint lets it resume."""
+
+
+@dataclass
+class PruningPlan:
+    """How a run prunes: a criterion with a fixed rule, applied every P epochs and at the end, or
+    (L2) a single final pruning to a target structure fraction."""
+
+    criterion: Criterion | None = None
+    during_training: bool = True
+    final_fraction: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.criterion is not None
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    final: dict[str, Any] = field(default_factory=dict)
+    best_state: dict[str, Tensor] | None = None
+
+
+class Trainer:
+    """Runs the protocol of the module docstring on one model, with per-epoch checkpoints."""
+
+    def __init__(self, model: nn.Module, data, cfg: TrainConfig, plan: PruningPlan, *, seed: int,
+                 device: torch.device, checkpoint: Path | None = None,
+                 stop_after_epoch: int | None = None, log: Callable[[str], None] | None = None) -> None:
+        cfg.validate()
+        self.model = model.to(device)
+        self.data = data
+        self.cfg = cfg
+        self.plan = plan
+        self.seed = seed
+        self.device = device
+        self.checkpoint = checkpoint
+        self.stop_after_epoch = stop_after_epoch
+        self.log = log or (lambda msg: None)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.scheduler = None
+        self.result = TrainResult()
+        self.best_val = -math.inf
+        self.epoch = 0  # completed epochs (training + fine-tuning)
+        self.example = None
+
+    # ---- phases -----------------------------------------------------------------------------
+    @property
+    def total_epochs(self) -> int:
+        return self.cfg.epochs + self.cfg.finetune_epochs
+
+    def _steps_per_epoch(self) -> int:
+        n = len(self.data.train)
+        return max(1, math.ceil(n / self.cfg.batch_size))
+
+    def _phase_scheduler(self, epochs: int):
+        return make_scheduler(self.optimizer, self.cfg, epochs * self._steps_per_epoch())
+
+    def _prune(self) -> PruningResult:
+        crit = self.plan.criterion
+        if self.plan.final_fraction is not None:
+            return prune_to_fraction(self.model, crit, self.plan.final_fraction)
+        return apply_criterion(self.model, crit)
+
+    def _compression(self) -> dict[str, float]:
+        if not any(True for _ in noise_layers(self.model)):
+            return {"structure_compression_pct": 0.0, "param_compression_pct": 0.0}
+        comp = paper_compression(self.model)
+        return {"structure_compression_pct": comp.structure_pct, "param_compression_pct": comp.parameter_pct}
+
+    # ---- checkpointing ---------------------------------------------------------------------
+    def _save(self) -> None:
+        if self.checkpoint is None:
+            return
+        _atomic_save({
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "rng": rng_state(self.generator),
+            "history": self.result.history,
+            "best_val": self.best_val,
+            "best_state": self.result.best_state,
+        }, self.checkpoint)
+
+    def _load(self) -> bool:
+        if self.checkpoint is None or not self.checkpoint.exists():
+            return False
+        try:
+            state = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
+            self.model.load_state_dict(state["model"])
+            if state["epoch"] > self.cfg.epochs:  # resumed inside fine-tuning: optimiser/scheduler of that phase
+                self.scheduler = self._phase_scheduler(self.cfg.finetune_epochs)
+            elif state["epoch"] > 0:
+                self.scheduler = self._phase_scheduler(self.cfg.epochs)
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None and state["scheduler"] is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"], self.generator)
+        except (RuntimeError, KeyError, EOFError, ValueError, OSError) as exc:
+            raise RuntimeError(
+                f"the checkpoint {self.checkpoint} cannot be resumed ({exc}); delete it to start the run afresh"
+            ) from exc
+        self.epoch = state["epoch"]
+        self.result.history = state["history"]
+        self.best_val = state["best_val"]
+        self.result.best_state = state["best_state"]
+        self.log(f"resumed from {self.checkpoint} after epoch {self.epoch}")
+        return True
+
+    # ---- main loop -------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        resumed = self._load()
+        if not resumed:
+            torch.manual_seed(self.seed)
+            np.random.seed(self.seed % 2**32)
+            self.scheduler = self._phase_scheduler(self.cfg.epochs) if self.cfg.epochs else None
+        epochs_bar = range(self.epoch, self.total_epochs)
+        if not quiet():
+            from tqdm.auto import tqdm
+            epochs_bar = tqdm(epochs_bar, total=self.total_epochs, initial=self.epoch, desc="epochs", unit="ep",
+                              dynamic_ncols=True)
+        for e in epochs_bar:
+            if e == self.cfg.epochs:
+                self._start_finetuning()
+            finetune = e >= self.cfg.epochs
+            t0 = time.perf_counter()
+            stats = train_epoch(self.model, self.data.train, self.optimizer, cfg=self.cfg, device=self.device,
+                                generator=self.generator, scheduler=self.scheduler,
+                                desc=f"{'finetune' if finetune else 'train'} {e + 1}/{self.total_epochs}")
+            pruned = None
+            if (not finetune and self.plan.active and self.plan.during_training and self.cfg.prune_every
+                    and (e + 1) % self.cfg.prune_every == 0):
+                pruned = self._prune()
+            val = evaluate(self.model, self.data.val, device=self.device, batch_size=self.cfg.eval_batch_size)
+            record = {"epoch": e + 1, "phase": "finetune" if finetune else "train", **stats,
+                      "val_acc": val["acc"], "val_loss": val["loss"], "seconds": time.perf_counter() - t0,
+                      **self._compression()}
+            if pruned is not None:
+                record["units_kept"] = pruned.units_kept
+            if finetune or self.cfg.finetune_epochs == 0:
+                if val["acc"] > self.best_val:
+                    self.best_val = val["acc"]
+                    self.result.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+                    record["best"] = True
+            self.result.history.append(record)
+            self.epoch = e + 1
+            self._save()
+            self.log(f"epoch {e + 1}: loss {stats['loss']:.4f} val {val['acc']:.2f}% "
+                     f"units {record['structure_compression_pct']:.1f}% pruned")
+            if self.stop_after_epoch is not None and self.epoch >= self.stop_after_epoch and self.epoch < self.total_epochs:
+                raise TrainingInterrupted(f"stopped after epoch {self.epoch} as requested")
+        if self.cfg.epochs and not self.cfg.finetune_epochs:
+            self._start_finetuning(final_only=True)
+        return self._finish()
+
+    def _start_finetuning(self, final_only: bool = False) -> None:
+        """End of training: the final pruning, then freeze the masks and reset model selection."""
+        if self.plan.active:
+            self._prune()
+        if final_only:
+            return
+        self.best_val = -math.inf
+        self.result.best_state = None
+        self.scheduler = self._phase_scheduler(self.cfg.finetune_epochs)
+
+    def _finish(self) -> TrainResult:
+        if self.result.best_state is not None:
+            self.model.load_state_dict(self.result.best_state)
+        test = evaluate(self.model, self.data.test, device=self.device, batch_size=self.cfg.eval_batch_size)
+        val = evaluate(self.model, self.data.val, device=self.device, batch_size=self.cfg.eval_batch_size)
+        res = current_result(self.model) if any(True for _ in noise_layers(self.model)) else None
+        self.result.final = {
+            "test_acc": test["acc"], "test_loss": test["loss"], "val_acc": val["acc"],
+            **self._compression(),
+            "units_kept": res.kept if res else {},
+            "units_total": res.total if res else {},
+            "epochs_completed": self.epoch,
+            "train_seconds": float(sum(r["seconds"] for r in self.result.history)),
+        }
+        return self.result
+
+
+# --------------------------------------------------------------------------------------------------
+# Post-training pruning (spec 4.5): one trained network, every criterion, a sweep of pruning levels
+# --------------------------------------------------------------------------------------------------
+
+def post_training_sweep(model: nn.Module, trained_state: dict[str, Tensor], data, criterion: Criterion,
+                        levels: list[float], cfg: TrainConfig, *, seed: int, device: torch.device,
+                        finetune_epochs: int = 1, carry_optimizer_state: bool = True) -> list[dict[str, Any]]:
+    """For each pruning level λ (percent of units): reload the trained weights, prune the globally least
+    important λ% by criterion (BMRS never prunes a unit with ΔF < 0), fine-tune `finetune_epochs`
+    epochs without shuffling, and record test accuracy and compression. As in the released code the
+    Adam state carries over from one λ to the next (carry_optimizer_state=True). A record is kept
+    whenever the compression changes (spec 4.5).
+    """
+    model.load_state_dict(trained_state)
+    optimizer = make_optimizer(model, cfg)
+    generator = torch.Generator().manual_seed(seed)
+    records: list[dict[str, Any]] = []
+    last_units = None
+    for level in levels:
+        model.load_state_dict(trained_state)
+        if not carry_optimizer_state:
+            optimizer = make_optimizer(model, cfg)
+        pruned = prune_to_fraction(model, criterion, float(level) / 100.0)
+        if pruned.units_kept == last_units:
+            continue
+        last_units = pruned.units_kept
+        for _ in range(finetune_epochs):
+            train_epoch(model, data.train, optimizer, cfg=cfg, device=device, generator=generator, shuffle=False,
+                        desc=f"{criterion.name} λ={level:.1f}")
+        test = evaluate(model, data.test, device=device, batch_size=cfg.eval_batch_size)
+        comp = paper_compression(model)
+        records.append({"criterion": criterion.name, "level": float(level), "test_acc": test["acc"],
+                        "structure_compression_pct": comp.structure_pct, "param_compression_pct": comp.parameter_pct,
+                        "units_kept": pruned.units_kept})
+    model.load_state_dict(trained_state)
+    return records
+
+
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return asdict(cfg)
+
