@@ -1,0 +1,150 @@
+"""Pruning criteria, traced unit groups and the paper's compression metric."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bmrs import distributions as dist
+from bmrs.criteria import (BMRSN, BMRSU, L2, SNR, ExpectedTheta, apply_criterion, global_keep_masks,
+                           make_criterion, prune_to_fraction, threshold_table)
+from bmrs.graph import trace_unit_groups
+from bmrs.metrics import paper_compression
+from bmrs.models import lenet5, mlp, resnet, vit
+from bmrs.noise import noise_layers
+from bmrs.reduction import delta_f_bmrs_n, delta_f_bmrs_u
+
+
+def _randomise(model: torch.nn.Module, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, layer in noise_layers(model):
+            layer.mu.copy_(torch.rand(layer.num_units, generator=g) * 24 - 22)
+            layer.log_sigma.copy_(torch.rand(layer.num_units, generator=g) * 8 - 6)
+
+
+def test_producers_and_consumers_of_lenet5_are_traced():
+    groups = trace_unit_groups(lenet5(1))
+    assert [(g.producer_name, [(n, b) for n, _, b in g.consumers]) for g in groups] == [
+        ("0.weight", [("4.weight", 1)]),
+        ("4.weight", [("9.weight", 25)]),  # 16 channels x 5x5 flattened into fc1's 400 inputs
+        ("9.weight", [("12.weight", 1)]),
+        ("12.weight", [("15.weight", 1)]),
+    ]
+
+
+def test_producers_are_found_in_resnet_and_vit_including_functional_attention_weights():
+    r = resnet(18, 10, image_size=32)
+    groups = trace_unit_groups(r)
+    assert len(groups) == 20 and all(g.producer_weight is not None for g in groups)
+    assert {g.name: g.producer_name for g in groups}["net.layer2.0.downsample.1.noise"] == "net.layer2.0.downsample.0.weight"
+    v = vit(10, image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64)
+    names = [g.producer_name for g in trace_unit_groups(v)]
+    assert names[0].endswith("self_attention.attention.out_proj.weight")  # used functionally by MHA
+    assert names[1].endswith("mlp.3.weight")
+
+
+def test_scores_match_the_closed_forms():
+    model = lenet5(1)
+    _randomise(model)
+    layer = dict(noise_layers(model))["6"]
+    mu, sigma = layer.mu.detach().double(), layer.sigma.detach().double()
+    torch.testing.assert_close(ExpectedTheta().scores(model)["6"], dist.expected_theta(mu, sigma))
+    torch.testing.assert_close(SNR().scores(model)["6"], dist.snr(mu, sigma))
+    torch.testing.assert_close(BMRSN().scores(model)["6"], delta_f_bmrs_n(mu, sigma))
+    torch.testing.assert_close(BMRSN(include_2pi=False).scores(model)["6"],
+                               delta_f_bmrs_n(mu, sigma) + 0.5 * math.log(2 * math.pi))
+    # BMRS_U clamps mu to [a, b] as the released code does
+    torch.testing.assert_close(BMRSU(p1=4).scores(model)["6"], delta_f_bmrs_u(mu.clamp(-20, 0), sigma, p1=4))
+    w = model[4].weight.detach().double()
+    torch.testing.assert_close(L2().scores(model)["6"], w.reshape(16, -1).norm(dim=1))
+
+
+@pytest.mark.parametrize("criterion", [ExpectedTheta(), SNR(), BMRSN(), BMRSN(include_2pi=False), BMRSU(p1=8),
+                                       BMRSU(p1=4)], ids=repr)
+def test_fixed_rules_prune_exactly_where_the_paper_says(criterion):
+    model = mlp((1, 8, 8), hidden=40, n_layers=1)
+    _randomise(model, seed=3)
+    scores = criterion.scores(model)
+    result = apply_criterion(model, criterion)
+    for name, layer in noise_layers(model):
+        s = scores[name]
+        if isinstance(criterion, (BMRSN, BMRSU)):
+            expected = s < 0  # keep iff dF < 0, prune iff dF >= 0
+        else:
+            expected = s > criterion.threshold  # prune iff score <= threshold
+        assert torch.equal(layer.mask.bool(), expected)
+    assert 0 < result.units_kept < result.units_total  # the random posteriors straddle every rule
+
+
+def test_masks_are_recomputed_from_scratch():
+    model = mlp((1, 8, 8), hidden=20, n_layers=0)
+    layer = dict(noise_layers(model))["3"]
+    layer.mask.zero_()
+    apply_criterion(model, SNR())  # at init SNR is ~247 for every unit: all kept again
+    assert layer.mask.all()
+
+
+def test_global_fraction_prunes_the_least_important_across_layers_and_respects_bmrs_stops():
+    scores = {"a": torch.tensor([5.0, 1.0, 3.0]), "b": torch.tensor([2.0, 4.0])}
+    keep = global_keep_masks(scores, SNR(), 0.4)
+    assert keep["a"].tolist() == [True, False, True] and keep["b"].tolist() == [False, True]
+    df = {"a": torch.tensor([-1.0, 2.0, 0.5]), "b": torch.tensor([-3.0, 1.0])}
+    keep = global_keep_masks(df, BMRSN(), 1.0)  # asks for everything, BMRS stops at dF < 0
+    assert keep["a"].tolist() == [True, False, False] and keep["b"].tolist() == [True, False]
+    keep = global_keep_masks(df, BMRSN(), 0.2)  # the largest dF goes first
+    assert keep["a"].tolist() == [True, False, True]
+    with pytest.raises(ValueError, match=r"fraction must lie in \[0, 1\]"):
+        global_keep_masks(scores, SNR(), 1.5)
+
+
+def test_l2_prunes_to_a_fraction_and_has_no_fixed_rule():
+    model = lenet5(1)
+    result = prune_to_fraction(model, L2(), 0.25)
+    assert result.units_total == 226 and result.units_kept == 226 - round(0.25 * 226)
+    with pytest.raises(NotImplementedError, match="target fraction"):
+        apply_criterion(model, L2())
+
+
+def test_make_criterion_names_and_errors():
+    assert make_criterion("bmrs_u4").p1 == 4 and make_criterion("bmrs_u6").name == "BMRS_U-6"
+    assert make_criterion("bmrs_n_code").include_2pi is False
+    with pytest.raises(ValueError, match="unknown criterion 'foo'; valid: l2, etheta"):
+        make_criterion("foo")
+    with pytest.raises(ValueError, match="p1 < p2"):
+        BMRSU(p1=23)
+
+
+def test_threshold_table_is_the_spec_table():
+    expected = {16: 0.2426, 12: 0.3812, 11: 0.4159, 8: 0.5199, 6: 0.5892, 4: 0.6585, 2: 0.7278, 1: 0.7625}
+    assert {k: round(v, 4) for k, v in threshold_table().items()} == expected
+
+
+def test_scoring_a_model_without_noise_layers_is_an_error():
+    with pytest.raises(ValueError, match="no MultiplicativeNoise layers"):
+        SNR().scores(lenet5(1, noise=False))
+
+
+def test_paper_compression_counts_rows_columns_and_noise_parameters_once():
+    model = lenet5(1)
+    layers = dict(noise_layers(model))
+    layers["6"].mask[3] = 0  # one conv2 channel: 2 noise params + 6*5*5 filter + 120*25 fc1 columns
+    comp = paper_compression(model)
+    assert comp.params_total == 62158 and comp.units_pruned == 1
+    assert comp.params_removed == 2 + 150 + 3000
+    layers["11"].mask[0] = 0  # one fc1 unit: its row (400) minus the 25 entries already removed, + 84 fc2 entries
+    comp = paper_compression(model)
+    assert comp.params_removed == (2 + 150 + 3000) + (2 + 400 - 25 + 84)
+    assert comp.structure_pct == pytest.approx(100 * 2 / 226)
+
+
+def test_paper_compression_of_the_mlp_matches_a_hand_count():
+    model = mlp((1, 32, 32), hidden=150, n_layers=1)
+    layers = dict(noise_layers(model))
+    layers["3"].mask[:10] = 0
+    layers["6"].mask[:5] = 0
+    comp = paper_compression(model)
+    # layer-1 rows 10*1024, layer-2 columns 10*150 and rows 5*150 (overlap 10*5), head columns 5*10
+    assert comp.params_removed == 2 * 15 + 10 * 1024 + 10 * 150 + 5 * 150 - 10 * 5 + 5 * 10
