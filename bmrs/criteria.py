@@ -67,6 +67,10 @@ class Criterion(ABC):
     def needs_graph(self) -> bool:
         return False
 
+    def fit(self, model: nn.Module, data, *, device: torch.device, seed: int) -> None:
+        """Data-dependent criteria (C-OBD's Fisher, Dirichlet switches) gather what they need here,
+        once per trained model, before `scores` is called; the BMRS-family criteria need nothing."""
+
     def scores(self, model: nn.Module, example_input: Tensor | None = None) -> dict[str, Tensor]:
         """{noise layer name: score per unit} for every noise layer of model."""
         groups = {g.name: g for g in trace_unit_groups(model, example_input)} if self.needs_graph else {}

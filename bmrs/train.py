@@ -384,6 +384,8 @@ def post_training_sweep(model: nn.Module, trained_state: dict[str, Tensor], data
     whenever the compression changes (spec 4.5).
     """
     model.load_state_dict(trained_state)
+    criterion.fit(model, data, device=device, seed=seed)
+    model.load_state_dict(trained_state)
     optimizer = make_optimizer(model, cfg)
     generator = torch.Generator().manual_seed(seed)
     records: list[dict[str, Any]] = []
