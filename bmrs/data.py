@@ -97,6 +97,7 @@ __all__ = [
     "VIT_STD",
     "available",
     "data_root",
+    "describe",
     "download",
     "image_transform",
     "iterate_batches",
@@ -771,25 +772,27 @@ class _ToRGB(torch.nn.Module):
         return x.expand(3, -1, -1) if x.shape[-3] == 1 else x
 
 
-def image_transform(network: str, *, train: bool) -> Callable[[Tensor], Tensor]:
+def image_transform(network: str, *, train: bool, image_size: int = 224) -> Callable[[Tensor], Tensor]:
     """The per-image transform of the lazy datasets, from a uint8 (C, H, W) tensor (spec 4.1).
 
     ``resnet``: Resize(256), CenterCrop(224), ImageNet mean/std. ``vit``: train RandomResizedCrop(224) +
     RandomHorizontalFlip, eval Resize(224) + CenterCrop(224), mean = std = 0.5. ``mlp``/``lenet5``
     (TinyImageNet only): Resize(32) + Normalize(0.5, 0.5). Grayscale is repeated to 3 channels.
+    ``image_size`` replaces 224 (and 256 by round(256·image_size/224)) for small-resolution runs.
     """
     from torchvision.transforms import v2
 
     _family(network)
     to_float = v2.ToDtype(torch.float32, scale=True)
+    size = int(image_size)
     if network == "resnet":
-        steps = [v2.Resize(256, antialias=True), v2.CenterCrop(224), to_float,
+        steps = [v2.Resize(round(256 * size / 224), antialias=True), v2.CenterCrop(size), to_float,
                  v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     elif network == "vit" and train:
-        steps = [v2.RandomResizedCrop(224, antialias=True), v2.RandomHorizontalFlip(), to_float,
+        steps = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(), to_float,
                  v2.Normalize(VIT_MEAN, VIT_STD)]
     elif network == "vit":
-        steps = [v2.Resize(224, antialias=True), v2.CenterCrop(224), to_float, v2.Normalize(VIT_MEAN, VIT_STD)]
+        steps = [v2.Resize(size, antialias=True), v2.CenterCrop(size), to_float, v2.Normalize(VIT_MEAN, VIT_STD)]
     else:
         steps = [v2.Resize(32, antialias=True), v2.CenterCrop(32), to_float, v2.Normalize(VIT_MEAN, VIT_STD)]
     return v2.Compose([_ToRGB(), *steps])
@@ -833,16 +836,25 @@ def _decode(path: Path) -> Tensor:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _input_spec(info: DatasetInfo, family: str) -> InputSpec:
+def _input_spec(info: DatasetInfo, family: str, image_size: int | None = None) -> InputSpec:
     if family == "224px":
-        return InputSpec(3, 224, 224)
+        size = image_size or 224
+        return InputSpec(3, size, size)
     return InputSpec(3 if info.kind == "tiny" else info.channels, 32, 32)
+
+
+def describe(name: str, *, network: str = "lenet5", image_size: int | None = None) -> tuple[InputSpec, int]:
+    """(input spec, number of classes) of ``name`` prepared for ``network``, without reading any data."""
+    info = _info(name)
+    return _input_spec(info, _family(network), image_size), info.num_classes
 
 
 def load(name: str, *, network: str = "lenet5", seed: int = 1000, val_fraction: float = 0.2,
          root: str | os.PathLike[str] | None = None, download: bool = False, limit_train: int | None = None,
-         limit_test: int | None = None, cache: bool = True) -> DataBundle:
+         limit_test: int | None = None, cache: bool = True, image_size: int | None = None) -> DataBundle:
     """Load ``name`` preprocessed for ``network`` with the paper's splits (spec 4.1; see the module doc).
+
+    ``image_size`` (ResNet/ViT only) replaces the 224-pixel input resolution, e.g. for CPU smoke runs.
 
     ``seed`` drives the train/val permutation; ``limit_train`` keeps that many examples of train + val
     together (the first ones of the seeded permutation, split in proportion ``val_fraction``);
@@ -860,8 +872,10 @@ def load(name: str, *, network: str = "lenet5", seed: int = 1000, val_fraction: 
     _check_limit(limit_test, "limit_test")
     root_path = data_root(root)
     allow = _download_allowed(download)
+    if image_size is not None and family != "224px":
+        raise ValueError(f"image_size applies to the resnet and vit families only (got network={network!r})")
     if info.kind == "tiny":
-        return _load_tiny(info, network, seed, val_fraction, root_path, allow, limit_train, limit_test)
+        return _load_tiny(info, network, seed, val_fraction, root_path, allow, limit_train, limit_test, image_size)
     arrays = _arrays(info, family, root_path, allow, cache)
     train_idx, val_idx = split_indices(len(arrays.train_y), val_fraction, seed)
     train_idx, val_idx = _limit_train_val(train_idx, val_idx, limit_train, val_fraction)
@@ -876,25 +890,26 @@ def load(name: str, *, network: str = "lenet5", seed: int = 1000, val_fraction: 
         test = split(arrays.test_x, arrays.test_y, test_idx)
     else:
         train, val, test = _lazy_splits(arrays.train_x, arrays.train_y, arrays.test_x, arrays.test_y,
-                                        network, train_idx, val_idx, test_idx)
+                                        network, train_idx, val_idx, test_idx, image_size or 224)
     _log.info("loaded %s for %s from %s", name, network, arrays.source)
-    return DataBundle(name, network, train, val, test, info.num_classes, _input_spec(info, family), arrays.source)
+    return DataBundle(name, network, train, val, test, info.num_classes, _input_spec(info, family, image_size),
+                      arrays.source)
 
 
 def _lazy_splits(train_images: Tensor | Sequence[Path], train_labels: Tensor,
                  test_images: Tensor | Sequence[Path], test_labels: Tensor, network: str,
                  train_idx: np.ndarray, val_idx: np.ndarray,
-                 test_idx: np.ndarray) -> tuple[Subset, Subset, Subset]:
+                 test_idx: np.ndarray, image_size: int = 224) -> tuple[Subset, Subset, Subset]:
     """Subsets of lazily transformed images: the train transform on train, the eval one on val and test."""
-    fit = TransformedImages(train_images, train_labels, image_transform(network, train=True))
-    held = TransformedImages(train_images, train_labels, image_transform(network, train=False))
-    test = TransformedImages(test_images, test_labels, image_transform(network, train=False))
+    fit = TransformedImages(train_images, train_labels, image_transform(network, train=True, image_size=image_size))
+    held = TransformedImages(train_images, train_labels, image_transform(network, train=False, image_size=image_size))
+    test = TransformedImages(test_images, test_labels, image_transform(network, train=False, image_size=image_size))
     as_list = lambda idx: [int(i) for i in idx]  # noqa: E731
     return Subset(fit, as_list(train_idx)), Subset(held, as_list(val_idx)), Subset(test, as_list(test_idx))
 
 
 def _load_tiny(info: DatasetInfo, network: str, seed: int, val_fraction: float, root: Path, allow: bool,
-               limit_train: int | None, limit_test: int | None) -> DataBundle:
+               limit_train: int | None, limit_test: int | None, image_size: int | None = None) -> DataBundle:
     """TinyImageNet: stratified train/val split of the 100k train images, test = the 10k val images."""
     where = _resolve(info, root, allow, None)
     train_paths, train_labels, test_paths, test_labels, num_classes = _read_tiny(where.folder)
@@ -902,9 +917,10 @@ def _load_tiny(info: DatasetInfo, network: str, seed: int, val_fraction: float, 
     train_idx, val_idx = _limit_train_val(train_idx, val_idx, limit_train, val_fraction)
     test_idx = _limit_test(len(test_labels), limit_test)
     train, val, test = _lazy_splits(train_paths, train_labels, test_paths, test_labels, network,
-                                    train_idx, val_idx, test_idx)
+                                    train_idx, val_idx, test_idx, image_size or 224)
     family = _family(network)
-    return DataBundle(info.name, network, train, val, test, num_classes, _input_spec(info, family), where.source)
+    return DataBundle(info.name, network, train, val, test, num_classes, _input_spec(info, family, image_size),
+                      where.source)
 
 
 def iterate_batches(split: Split, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
