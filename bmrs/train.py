@@ -146,18 +146,18 @@ def train_epoch(model: nn.Module, split, optimizer, *, cfg: TrainConfig, device:
         ce = F.cross_entropy(model(x), y)
         kl = model_kl(model, cfg.kl_reduction).to(ce.device) if cfg.kl_weight else torch.zeros((), device=ce.device)
         loss = ce + cfg.kl_weight * kl
-        if not torch.isfinite(loss):
+        if not torch.isfinite(loss.detach()):
             raise FloatingPointError(
-                f"the training loss became {float(loss)} ({desc}); lower the learning rate (--lr) or check the data"
+                f"the training loss became {loss.item()} ({desc}); lower the learning rate (--lr) or check the data"
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        totals["loss"] += float(loss)
-        totals["ce"] += float(ce)
-        totals["kl"] += float(kl)
+        totals["loss"] += loss.item()
+        totals["ce"] += ce.item()
+        totals["kl"] += kl.item()
         n_batches += 1
     return {k: v / max(n_batches, 1) for k, v in totals.items()}
 
