@@ -140,7 +140,8 @@ def train_epoch(model: nn.Module, split, optimizer, *, cfg: TrainConfig, device:
     batches = iterate_batches(split, cfg.batch_size, shuffle=shuffle, generator=generator)
     if not quiet():
         from tqdm.auto import tqdm
-        batches = tqdm(batches, desc=desc, leave=False, unit="batch", dynamic_ncols=True)
+        steps = math.ceil(len(split) / cfg.batch_size)
+        batches = tqdm(batches, desc=desc, total=steps, leave=False, unit="batch", dynamic_ncols=True)
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         ce = F.cross_entropy(model(x), y)

@@ -1,0 +1,200 @@
+"""The training/pruning protocol and runs-as-data: real smoke runs, determinism, resume, caching, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bmrs import cli
+from bmrs.criteria import SNR, BMRSN, apply_criterion
+from bmrs.data import TensorSplit, load
+from bmrs.experiments import METHODS, ResultsCorruptError, RunConfig, run, run_dir
+from bmrs.models import lenet5, mlp, resnet, vit
+from bmrs.noise import model_kl, noise_layers
+from bmrs.train import PruningPlan, TrainConfig, Trainer, TrainingInterrupted, post_training_sweep
+
+SMOKE = dict(dataset="digits", epochs=2, finetune_epochs=1, limit_train=400, limit_test=150, profile="smoke")
+
+
+def _strip_times(metrics: dict) -> dict:
+    out = json.loads(json.dumps({"history": metrics["history"], "final": metrics["final"]}))
+    for rec in out["history"]:
+        rec.pop("seconds")
+    out["final"].pop("train_seconds")
+    return out
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.mark.parametrize("network", ["mlp", "lenet5"])
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs_end_to_end_on_real_data(results, network, method):
+    cfg = RunConfig(network=network, method=method, **SMOKE)
+    metrics = run(cfg, results_dir=results, log=lambda _: None)
+    out = run_dir(cfg, results)
+    assert {p.name for p in out.iterdir()} >= {"config.json", "metrics.json", "model.pt"}
+    assert not (out / "checkpoint.pt").exists()
+    final = metrics["final"]
+    assert 0.0 <= final["test_acc"] <= 100.0 and final["test_acc"] > 15.0  # better than chance on digits
+    assert len(metrics["history"]) == 3 and metrics["history"][-1]["phase"] == "finetune"
+    assert metrics["config"]["method"] == method and metrics["status"] == "complete"
+    assert metrics["data_source"]
+    if method == "none":
+        assert not any(True for _ in noise_layers(lenet5(1, noise=False)))
+        assert final["param_compression_pct"] == 0.0
+    if method == "l2":
+        ref = run(cfg.replace(method="bmrs_n"), results_dir=results, log=lambda _: None)
+        assert final["target_structure_compression_pct"] == pytest.approx(ref["final"]["structure_compression_pct"])
+        assert final["structure_compression_pct"] == pytest.approx(ref["final"]["structure_compression_pct"], abs=0.5)
+
+
+def test_same_seed_gives_identical_metrics_and_another_seed_does_not(tmp_path):
+    cfg = RunConfig(network="lenet5", method="bmrs_u4", **SMOKE)
+    a = run(cfg, results_dir=tmp_path / "a", log=lambda _: None)
+    b = run(cfg, results_dir=tmp_path / "b", log=lambda _: None)
+    c = run(cfg.replace(seed=7), results_dir=tmp_path / "c", log=lambda _: None)
+    assert _strip_times(a) == _strip_times(b)
+    assert _strip_times(a) != _strip_times(c)
+
+
+@pytest.mark.parametrize("stop_after", [1, 2])  # inside training, and at the train/fine-tune boundary
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, stop_after):
+    cfg = RunConfig(network="mlp", method="snr", **SMOKE)
+    whole = run(cfg, results_dir=tmp_path / "whole", log=lambda _: None)
+    with pytest.raises(TrainingInterrupted):
+        run(cfg, results_dir=tmp_path / "split", stop_after_epoch=stop_after, log=lambda _: None)
+    out = run_dir(cfg, tmp_path / "split")
+    assert (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists()
+    resumed = run(cfg, results_dir=tmp_path / "split", log=lambda _: None)
+    assert _strip_times(resumed) == _strip_times(whole)
+
+
+def test_a_finished_run_is_returned_without_training(tmp_path, monkeypatch):
+    cfg = RunConfig(network="mlp", method="etheta", **SMOKE)
+    first = run(cfg, results_dir=tmp_path, log=lambda _: None)
+
+    def boom(self):
+        raise AssertionError("a finished run must not be retrained")
+
+    monkeypatch.setattr(Trainer, "fit", boom)
+    assert run(cfg, results_dir=tmp_path, log=lambda _: None) == first
+
+
+def test_a_corrupt_results_file_is_reported_never_overwritten(tmp_path):
+    cfg = RunConfig(network="mlp", method="etheta", **SMOKE)
+    run(cfg, results_dir=tmp_path, log=lambda _: None)
+    path = run_dir(cfg, tmp_path) / "metrics.json"
+    path.write_text('{"final": ')
+    with pytest.raises(ResultsCorruptError, match=str(path)):
+        run(cfg, results_dir=tmp_path, log=lambda _: None)
+    assert path.read_text() == '{"final": '
+
+
+def test_cli_rejects_unknown_names_with_the_valid_ones(capsys):
+    for args, valid in ((["--dataset", "nope", "--network", "mlp", "--method", "snr"], "digits"),
+                        (["--dataset", "digits", "--network", "nope", "--method", "snr"], "lenet5"),
+                        (["--dataset", "digits", "--network", "mlp", "--method", "nope"], "bmrs_u4")):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["train", *args])
+        assert exc.value.code == 2
+        assert valid in capsys.readouterr().err
+
+
+def test_cli_trains_and_reports(tmp_path, capsys):
+    code = cli.main(["train", "--dataset", "digits", "--network", "mlp", "--method", "bmrs_n", "--epochs", "1",
+                     "--finetune-epochs", "1", "--limit-train", "300", "--limit-test", "100",
+                     "--results-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0 and "test accuracy" in out and "parameter compression" in out
+    code = cli.main(["show", str(next(tmp_path.iterdir()))])
+    assert code == 0 and "test_acc" in capsys.readouterr().out
+    assert cli.main(["show", str(tmp_path / "missing")]) == 1
+    assert "has not finished" in capsys.readouterr().err
+
+
+def _tiny_bundle(n: int = 96, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 32, 32, generator=g)
+    y = (x.mean(dim=(1, 2, 3)) > 0).long()
+    split = TensorSplit(x, y)
+
+    class Bundle:
+        train = val = test = split
+        num_classes = 2
+
+    return Bundle()
+
+
+def test_continuous_pruning_removes_collapsed_units_and_freezes_masks_for_fine_tuning():
+    model = lenet5(1, num_classes=2)
+    target = dict(noise_layers(model))["11"]
+    with torch.no_grad():
+        target.mu[:30] = -30.0  # posterior mass at log theta = a: BMRS_N prunes these
+        target.log_sigma[:30] = 0.0
+    cfg = TrainConfig(epochs=2, finetune_epochs=2, lr=1e-4, batch_size=32)
+    trainer = Trainer(model, _tiny_bundle(), cfg, PruningPlan(criterion=BMRSN()), seed=0, device=torch.device("cpu"))
+    result = trainer.fit()
+    assert not target.mask[:30].any() and target.mask[30:].all()
+    masks = [r["structure_compression_pct"] for r in result.history]
+    assert masks[0] == pytest.approx(100 * 30 / 226) and len(set(masks)) == 1
+    assert result.final["param_compression_pct"] > masks[0]
+
+
+def test_post_training_sweep_records_rising_compression_and_bmrs_stops_at_its_own_point():
+    model = mlp((1, 32, 32), num_classes=2, hidden=20, n_layers=1)
+    with torch.no_grad():
+        for _, layer in noise_layers(model):
+            layer.mu[:8] = -30.0
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TrainConfig(lr=1e-3, batch_size=32)
+    recs = post_training_sweep(model, state, _tiny_bundle(), BMRSN(), [0, 10, 20, 30, 40, 60, 90], cfg, seed=0,
+                               device=torch.device("cpu"))
+    comps = [r["structure_compression_pct"] for r in recs]
+    assert comps == sorted(comps) and comps[-1] == pytest.approx(100 * 16 / 40)  # only the dF >= 0 units go
+    recs = post_training_sweep(model, state, _tiny_bundle(), SNR(), [0, 50, 90], cfg, seed=0,
+                               device=torch.device("cpu"))
+    assert [r["units_kept"] for r in recs] == [40, 20, 4]
+    torch.testing.assert_close(model.state_dict()["1.weight"], state["1.weight"])  # weights restored
+
+
+@pytest.mark.parametrize("builder, size, n_noise", [
+    (lambda: resnet(18, 10, image_size=32), 32, 20),  # one per BatchNorm2d, downsample branches included
+    (lambda: vit(10, image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64), 32, 4),
+], ids=["resnet18", "vit_small"])
+def test_large_networks_train_and_prune_on_small_random_inputs(builder, size, n_noise):
+    model = builder()
+    layers = list(noise_layers(model))
+    assert len(layers) == n_noise
+    x, y = torch.randn(4, 3, size, size), torch.randint(0, 10, (4,))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    loss = F.cross_entropy(model(x), y) + model_kl(model)
+    loss.backward()
+    assert math.isfinite(loss.item())
+    assert all(l.mu.grad is not None and l.log_sigma.grad.abs().sum() > 0 for _, l in layers)
+    opt.step()
+    with torch.no_grad():
+        layers[0][1].mu[:3] = -30.0
+    result = apply_criterion(model, BMRSN())
+    assert result.kept[layers[0][0]] == layers[0][1].num_units - 3
+    model.eval()
+    assert model(x).shape == (4, 10)
+
+
+def test_real_fashion_mnist_smoke_run_when_the_system_copy_is_present(tmp_path):
+    try:
+        load("fashion_mnist", limit_train=200, limit_test=100)
+    except Exception as exc:  # noqa: BLE001 — offline machines without the Debian package skip
+        pytest.skip(f"Fashion-MNIST not available: {exc}")
+    cfg = RunConfig(dataset="fashion_mnist", network="lenet5", method="bmrs_n", epochs=1, finetune_epochs=1,
+                    limit_train=600, limit_test=200, profile="smoke")
+    metrics = run(cfg, results_dir=tmp_path, log=lambda _: None)
+    assert metrics["final"]["test_acc"] > 20.0
+    assert "fashion" in metrics["data_source"].lower()
