@@ -304,3 +304,125 @@ def config_from_dir(path: Path | str) -> RunConfig:
     """The RunConfig stored in a run directory."""
     data = _read_json(Path(path) / "config.json")
     return RunConfig(**data["run"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Post-training pruning (spec 4.5): one base network per seed, every criterion, a sweep of levels
+# --------------------------------------------------------------------------------------------------
+
+POSTTRAIN_CRITERIA = ("l2", "snr", "etheta", "bmrs_n", "bmrs_u8", "bmrs_u4")
+
+
+@dataclass(frozen=True)
+class PostTrainConfig:
+    """A post-training study: train one network with noise layers and no masking, then for every
+    criterion prune it to each level (percent of units, one global threshold), fine-tune one epoch
+    and record test accuracy and compression (spec 4.5). The paper uses 100 levels in [0, 100]."""
+
+    dataset: str
+    network: str
+    seed: int = 1000
+    profile: str = "paper"
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    limit_train: int | None = None
+    limit_test: int | None = None
+    levels: tuple[float, ...] = tuple(float(x) for x in torch.linspace(0, 100, 100).tolist())
+    criteria: tuple[str, ...] = POSTTRAIN_CRITERIA
+    finetune_epochs_per_level: int = 1
+    device: str = field(default="auto", compare=False)
+
+    def base(self) -> RunConfig:
+        """The base model's run: noise layers, no pruning, no fine-tuning phase."""
+        return RunConfig(dataset=self.dataset, network=self.network, method="bmrs_n", seed=self.seed,
+                         profile=self.profile, epochs=self.epochs, finetune_epochs=0, lr=self.lr,
+                         batch_size=self.batch_size, prune_every=0, limit_train=self.limit_train,
+                         limit_test=self.limit_test, device=self.device)
+
+    @property
+    def run_id(self) -> str:
+        d = dataclasses.asdict(self)
+        d.pop("device")
+        return "post-" + hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _train_base(cfg: PostTrainConfig, out: Path, log) -> tuple[nn.Module, dict[str, torch.Tensor], Any, TrainConfig]:
+    from bmrs import data as data_mod
+
+    base = cfg.base()
+    base.validate()
+    tcfg = base.train_config()
+    bundle = data_mod.load(base.dataset, network=_family(base.network), seed=base.seed,
+                           limit_train=base.limit_train, limit_test=base.limit_test)
+    torch.manual_seed(base.seed)
+    model = build_model(base, bundle.input_spec, bundle.num_classes)
+    path = out / "base_model.pt"
+    if path.exists():
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    else:
+        trainer = Trainer(model, bundle, tcfg, PruningPlan(), seed=base.seed, device=pick_device(cfg.device),
+                          checkpoint=out / "base_checkpoint.pt", log=log)
+        result = trainer.fit()
+        write_json_atomic(out / "base_metrics.json", {"history": result.history, "final": result.final})
+        _save_model(model, path)
+        (out / "base_checkpoint.pt").unlink(missing_ok=True)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return model, state, bundle, tcfg
+
+
+def rank_correlations(model: nn.Module, names: list[str]) -> dict[str, dict[str, float]]:
+    """Spearman correlation between the criteria's global unit rankings (Figures 3, 6, 7): the Pearson
+    correlation of the rank vectors (ties averaged)."""
+    import numpy as np
+    from scipy.stats import rankdata
+
+    ranks = {}
+    for name in names:
+        c = criterion_for(name)
+        scores = c.scores(model)
+        imp = torch.cat([c.importance(s) for s in scores.values()]).numpy()
+        ranks[name] = rankdata(imp)
+    return {a: {b: float(np.corrcoef(ranks[a], ranks[b])[0, 1]) for b in names} for a in names}
+
+
+def run_posttrain(cfg: PostTrainConfig, *, results_dir: Path | str | None = None, log=print) -> dict[str, Any]:
+    """Run (or reuse) a post-training study; returns {"curves": {criterion: [records]}, "ranks": ...}.
+
+    Each criterion's sweep is stored on its own (``sweep_<criterion>.json``) as soon as it finishes,
+    so an interrupted study resumes at the next criterion.
+    """
+    from bmrs.train import post_training_sweep
+
+    out = Path(results_dir or RESULTS_DIR) / cfg.run_id
+    final_path = out / "posttrain.json"
+    if final_path.exists():
+        return _read_json(final_path)
+    write_json_atomic(out / "config.json", {"posttrain": {k: v for k, v in dataclasses.asdict(cfg).items()
+                                                          if k != "device"}, "run_id": cfg.run_id})
+    t0 = time.perf_counter()
+    model, state, bundle, tcfg = _train_base(cfg, out, log)
+    device = pick_device(cfg.device)
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for name in cfg.criteria:
+        path = out / f"sweep_{name}.json"
+        if path.exists():
+            curves[name] = _read_json(path)["records"]
+            continue
+        criterion = criterion_for(name) if name in valid_methods() and name not in ("none",) else crit.make_criterion(name)
+        if criterion is None:
+            raise ValueError(f"criterion {name!r} cannot rank units")
+        model.load_state_dict(state)
+        records = post_training_sweep(model, state, bundle, criterion, list(cfg.levels), tcfg, seed=cfg.seed,
+                                      device=device, finetune_epochs=cfg.finetune_epochs_per_level)
+        write_json_atomic(path, {"criterion": name, "records": records})
+        curves[name] = records
+        log(f"post-training sweep {name}: {len(records)} points")
+    model.load_state_dict(state)
+    ranked = [n for n in cfg.criteria if n in POSTTRAIN_CRITERIA]
+    result = {"curves": curves, "ranks": rank_correlations(model, ranked), "run_id": cfg.run_id,
+              "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "device"},
+              "base": _read_json(out / "base_metrics.json") if (out / "base_metrics.json").exists() else None,
+              "wall_seconds": time.perf_counter() - t0, "environment": _environment()}
+    write_json_atomic(final_path, result)
+    return result
