@@ -286,6 +286,13 @@ def is_up_to_date(executed: Path, stamp: dict[str, Any]) -> bool:
     return isinstance(old, dict) and old.get("key") == stamp["key"]
 
 
+def _default_file_mode() -> int:
+    """0o666 minus the process umask: the mode open() would have given a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write text to path through a temporary file in the same directory and os.replace."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -293,6 +300,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, _default_file_mode())  # mkstemp creates 0600; give the usual umask-based mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -27,6 +27,13 @@ PNG_METADATA: dict[str, str | None] = {"Software": None}
 PDF_METADATA: dict[str, str | None] = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}
 
 
+def _default_file_mode() -> int:
+    """0o666 minus the process umask: the mode open() would have given a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def stamp_profile(fig: Figure, profile: str) -> None:
     """Write "profile: <name>" in small grey text in the lower-right corner of the figure (idempotent)."""
     for text in list(fig.texts):
@@ -59,6 +66,7 @@ def save_figure(fig: Figure, stem: str, *, profile: str, directory: str | os.Pat
         try:
             with os.fdopen(fd, "wb") as f:
                 fig.savefig(f, format=fmt, dpi=FIGURE_DPI, metadata=metadata, bbox_inches="tight", pad_inches=0.05)
+            os.chmod(tmp, _default_file_mode())  # mkstemp creates 0600; give the usual umask-based mode
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -625,7 +625,7 @@ styles = {"BMRS$_N$ (Eq. 8)": ("k", "-"), "BMRS$_N$ (released code)": ("k", "--"
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True, constrained_layout=True)
 norm = TwoSlopeNorm(vmin=-10, vcenter=0, vmax=2)
 for ax, key in zip(axes, ["BMRS$_N$ (Eq. 8)", "BMRS$_U$-8"]):
-    im = ax.pcolormesh(MU, LS, np.clip(fields[key], -10, 2), cmap="RdBu_r", norm=norm, shading="auto")
+    im = ax.pcolormesh(MU, LS, np.clip(fields[key], -10, 2), cmap="RdBu_r", norm=norm, shading="auto", rasterized=True)
     for name, (color, ls) in styles.items():
         ax.contour(MU, LS, fields[name], levels=[0.0], colors=color, linestyles=ls, linewidths=1.6)
     ax.axvline(A, color="0.4", lw=0.8, ls="-.")
