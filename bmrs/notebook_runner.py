@@ -17,8 +17,10 @@ each one the runner
    ``MPLBACKEND=Agg``, cell output streamed to the terminal) into
    ``<results>/executed/<profile>/<stem>.ipynb``;
 4. on success writes the stamp ``<stem>.stamp.json`` beside it, holding a hash of the notebook
-   source, its parameters and the sources of the ``bmrs`` package. A later run skips the notebook
-   while the stamp matches ("up to date"); ``--force`` re-executes.
+   source, its parameters and the sources of the ``bmrs`` package, plus the hashes of the figures it
+   wrote (files of its ``figures_dir``, default ``figures/``, modified during the run). A later run
+   skips the notebook while the stamp matches and those figures are unchanged ("up to date"), so a
+   run of another profile that overwrote them makes it run again; ``--force`` re-executes.
 
 On a failure the runner prints one message naming the notebook, the failing cell and the error,
 keeps the partial executed notebook for inspection, stops, and returns 1. Usage errors (unknown
@@ -274,8 +276,26 @@ def stamp_path(executed: Path) -> Path:
     return executed.with_name(executed.stem + ".stamp.json")
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def figures_directory(parameters: dict[str, Any], root: Path) -> Path:
+    """Where a notebook writes its figures: its ``figures_dir`` parameter (relative to root), default figures/."""
+    return (root / str(parameters.get("figures_dir") or "figures")).resolve()
+
+
+def collect_outputs(directory: Path, since_ns: int) -> dict[str, str]:
+    """Files of ``directory`` (not recursive) modified at or after ``since_ns``: absolute path -> sha256."""
+    if not directory.is_dir():
+        return {}
+    return {str(p): _sha256(p) for p in sorted(directory.iterdir())
+            if p.is_file() and not p.name.startswith(".") and p.stat().st_mtime_ns >= since_ns}
+
+
 def is_up_to_date(executed: Path, stamp: dict[str, Any]) -> bool:
-    """True when the executed notebook exists and its stamp has the same key."""
+    """True when the executed notebook exists, its stamp has the same key, and the figures the run
+    wrote are still there unchanged (another profile writing the same figures makes it stale)."""
     path = stamp_path(executed)
     if not (executed.is_file() and path.is_file()):
         return False
@@ -283,7 +303,13 @@ def is_up_to_date(executed: Path, stamp: dict[str, Any]) -> bool:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(old, dict) and old.get("key") == stamp["key"]
+    if not (isinstance(old, dict) and old.get("key") == stamp["key"]):
+        return False
+    for name, digest in (old.get("outputs") or {}).items():
+        output = Path(name)
+        if not output.is_file() or _sha256(output) != digest:
+            return False
+    return True
 
 
 def _default_file_mode() -> int:
@@ -517,6 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{header} ...", flush=True)
             stamp_path(executed).unlink(missing_ok=True)
             start = time.perf_counter()
+            start_ns = time.time_ns() - 100_000_000  # slack: file-system time stamps lag the clock slightly
             try:
                 execute(source, executed, stamp["parameters"], cwd=paths.root, log_output=not args.quiet)
             except KeyboardInterrupt:
@@ -528,7 +555,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(describe_failure(source.stem, source, executed, exc), file=sys.stderr, flush=True)
                 return EXIT_FAILED
             elapsed = time.perf_counter() - start
-            atomic_write_text(stamp_path(executed), json.dumps({**stamp, "seconds": round(elapsed, 2)}, indent=2) + "\n")
+            outputs = collect_outputs(figures_directory(stamp["parameters"], paths.root), start_ns)
+            record = {**stamp, "seconds": round(elapsed, 2), "outputs": outputs}
+            atomic_write_text(stamp_path(executed), json.dumps(record, indent=2) + "\n")
             print(f"{header} done in {_format_seconds(elapsed)} -> {executed}", flush=True)
     finally:
         if old_backend is None:

@@ -74,12 +74,17 @@ profile: str = "none"
 log: str = ""
 value: int = 0
 name: str = "default"
+figures_dir: str = ""
 
 # %%
 import json, os
 with open(log, "a") as f:
     f.write(json.dumps({"nb": NAME, "profile": profile, "value": value, "name": name,
                         "mpl": os.environ.get("MPLBACKEND"), "cwd": os.getcwd()}) + "\\n")
+if figures_dir:
+    os.makedirs(figures_dir, exist_ok=True)
+    with open(os.path.join(figures_dir, NAME + ".txt"), "w") as f:
+        f.write("profile: " + profile)
 '''
 
 FAILING_NOTEBOOK = '''\
@@ -238,6 +243,23 @@ def test_parameters_merge_and_up_to_date_stamp(tmp_path, capsys):
     assert runner.main([*args, "--param", "name=override"]) == 0
     log = read_log(tmp_path)
     assert len(log) == 6 and {r["name"] for r in log[4:]} == {"override"}
+
+
+@pytest.mark.notebook
+def test_overwritten_figure_makes_the_notebook_stale(tmp_path, capsys):
+    figures = tmp_path / "figs"
+    args = make_project(tmp_path, {"01_alpha": RECORDING_NOTEBOOK})
+    args += ["--param", f"figures_dir={figures}"]
+    assert runner.main(args) == 0
+    stamp = json.loads((tmp_path / "results" / "executed" / "smoke" / "01_alpha.stamp.json").read_text())
+    assert list(stamp["outputs"]) == [str(figures / "01_alpha.txt")]
+    assert runner.main(args) == 0
+    assert "up to date" in capsys.readouterr().out
+    (figures / "01_alpha.txt").write_text("profile: another")  # e.g. another profile wrote the same figure
+    assert runner.main(args) == 0
+    assert "01_alpha (profile smoke) done" in capsys.readouterr().out
+    assert (figures / "01_alpha.txt").read_text() == "profile: smoke"
+    assert len(read_log(tmp_path)) == 2
 
 
 @pytest.mark.notebook
