@@ -96,3 +96,13 @@ def delta_f_u(mu, sigma, a=-20, b=0, p1=8, p2=23):
     l, h = (lo - mu) / sigma, (hi - mu) / sigma
     mass = (_cdf(-l) - _cdf(-h)) if l > 0 else (_cdf(h) - _cdf(l))
     return mp.log(mp.mpf(b - a) / (hi - lo)) + mp.log(mass) - mp.log(z)
+
+
+def log_z_accurate(mu, sigma, a=-20, b=0):
+    """log Z like log_z, but exact also when Z is within 10^-150 of 1 (interval containing the mode
+    with both tails tiny): there log Z = log1p(-Φ(α) - Φ(-β)), which 150 digits resolve, whereas
+    log(Φ(β) - Φ(α)) rounds 1 - 1e-160 to 1."""
+    al, be, z = _z(mu, sigma, a, b)
+    if al < 0 < be:
+        return mp.log1p(-_cdf(al) - _cdf(-be))
+    return mp.log(z)
