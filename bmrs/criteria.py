@@ -273,6 +273,9 @@ CRITERIA = {
     "bmrs_n_code": lambda **kw: BMRSN(include_2pi=False, **kw),
     "bmrs_u8": lambda **kw: BMRSU(p1=8, **kw),
     "bmrs_u4": lambda **kw: BMRSU(p1=4, **kw),
+    # data-dependent baselines (imported lazily: their modules import this one)
+    "c_obd": lambda **kw: __import__("bmrs.baselines.eigendamage", fromlist=["COBD"]).COBD(**kw),
+    "dirichlet": lambda **kw: __import__("bmrs.baselines.dirichlet", fromlist=["Dirichlet"]).Dirichlet(**kw),
 }
 
 

@@ -9,8 +9,10 @@ writes ``results/runs/<config-hash>/``:
 * ``model.pt``     — the selected state_dict (with the noise layers' masks);
 * ``checkpoint.pt`` — while running only: the per-epoch checkpoint an interrupted run resumes from.
 
-The L2 baseline is pruned to the structure fraction that BMRS_N reached in the same setting and seed
-(spec 3); ``run`` obtains it by running (or reusing) that BMRS_N run first.
+Methods that prune a trained network once (the paper's L2 baseline, C-OBD, Dirichlet pruning,
+EigenDamage) start from the "base" run of the same setting and seed — noise layers, no masking — and
+are matched to the compression BMRS_N reached there (bmrs.baselines.protocol); ``run`` obtains both by
+running (or reusing) those runs first.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ RESULTS_DIR = Path("results/runs")
 
 NETWORKS = ("mlp", "lenet5", "resnet18", "resnet50", "vit_b16", "vit_tiny")
 METHODS = ("none", "l2", "etheta", "snr", "bmrs_n", "bmrs_n_code", "bmrs_u8", "bmrs_u4")
-METHOD_LABELS = {"none": "None", "l2": "L2", "etheta": "E[theta]", "snr": "SNR", "bmrs_n": "BMRS_N",
-                 "bmrs_n_code": "BMRS_N (code)", "bmrs_u8": "BMRS_U-8", "bmrs_u4": "BMRS_U-4"}
+METHOD_LABELS = {"none": "None", "l2": "L2", "etheta": "E[theta]", "snr": "SNR", "bmrs_n": "BMRS_N (Eq. 8)",
+                 "bmrs_n_code": "BMRS_N", "bmrs_u8": "BMRS_U-8", "bmrs_u4": "BMRS_U-4", "base": "noise, unpruned",
+                 "c_obd": "C-OBD", "dirichlet": "Dirichlet", "eigendamage": "EigenDamage"}
 
 
 def dataset_names() -> tuple[str, ...]:
@@ -146,8 +149,16 @@ class RunConfig:
 
 
 def valid_methods() -> tuple[str, ...]:
+    """Every method name a run accepts: the paper's seven (plus the released code's BMRS_N), the
+    baselines, and "base" (noise layers, no pruning: the network post-hoc methods start from)."""
     from bmrs import baselines
-    return METHODS + tuple(getattr(baselines, "METHODS", ()))
+    return METHODS + tuple(baselines.METHODS) + ("base",)
+
+
+def base_config(cfg: "RunConfig") -> "RunConfig":
+    """The base run of cfg's setting and seed: trained with noise layers and no masking (spec 4.5);
+    post-hoc methods and post-training studies start from its selected weights."""
+    return cfg.replace(method="base", finetune_epochs=0, prune_every=0)
 
 
 def _is_bmrs_u(method: str) -> bool:
@@ -174,8 +185,9 @@ def build_model(cfg: RunConfig, input_spec: models.InputSpec, num_classes: int) 
 
 
 def criterion_for(method: str) -> crit.Criterion | None:
-    if method in ("none", "l2"):
-        return crit.L2() if method == "l2" else None
+    """The criterion a method prunes with (None for 'none' and 'base', which never prune)."""
+    if method in ("none", "base", "eigendamage"):
+        return None
     return crit.make_criterion(method)
 
 
@@ -239,12 +251,6 @@ def run(cfg: RunConfig, *, results_dir: Path | str | None = None, force: bool = 
 
     from bmrs import data as data_mod
 
-    fraction = None
-    if cfg.method == "l2":
-        ref = run(cfg.replace(method="bmrs_n"), results_dir=results_dir, log=log)
-        fraction = ref["final"]["structure_compression_pct"] / 100.0
-        log(f"L2 prunes to the structure fraction of BMRS_N: {100 * fraction:.2f}%")
-
     device = pick_device(cfg.device)
     tcfg = cfg.train_config()
     write_json_atomic(config_path, {"run": cfg.hashed_fields(), "train": dataclasses.asdict(tcfg),
@@ -259,8 +265,7 @@ def run(cfg: RunConfig, *, results_dir: Path | str | None = None, force: bool = 
     if baseline is not None:
         metrics = baseline.run(cfg, model, bundle, tcfg, device=device, out=out, results_dir=results_dir, log=log)
     else:
-        plan = PruningPlan(criterion=criterion_for(cfg.method), during_training=cfg.method != "l2",
-                           final_fraction=fraction)
+        plan = PruningPlan(criterion=criterion_for(cfg.method))
         trainer = Trainer(model, bundle, tcfg, plan, seed=cfg.seed, device=device, checkpoint=out / "checkpoint.pt",
                           stop_after_epoch=stop_after_epoch, log=log)
         result = trainer.fit()
@@ -269,8 +274,6 @@ def run(cfg: RunConfig, *, results_dir: Path | str | None = None, force: bool = 
     metrics.update({"config": cfg.hashed_fields(), "run_id": cfg.run_id, "data_source": bundle.source,
                     "wall_seconds": time.perf_counter() - t0, "environment": _environment(),
                     "device": str(device), "status": "complete"})
-    if baseline is None and cfg.method == "l2":
-        metrics["final"]["target_structure_compression_pct"] = 100.0 * fraction
     write_json_atomic(metrics_path, metrics)
     (out / "checkpoint.pt").unlink(missing_ok=True)
     return metrics
@@ -334,11 +337,11 @@ class PostTrainConfig:
     device: str = field(default="auto", compare=False)
 
     def base(self) -> RunConfig:
-        """The base model's run: noise layers, no pruning, no fine-tuning phase."""
-        return RunConfig(dataset=self.dataset, network=self.network, method="bmrs_n", seed=self.seed,
-                         profile=self.profile, epochs=self.epochs, finetune_epochs=0, lr=self.lr,
-                         batch_size=self.batch_size, prune_every=0, limit_train=self.limit_train,
-                         limit_test=self.limit_test, device=self.device)
+        """The base model's run (shared with the post-hoc methods of the same setting and seed)."""
+        return base_config(RunConfig(dataset=self.dataset, network=self.network, method="base", seed=self.seed,
+                                     profile=self.profile, epochs=self.epochs, lr=self.lr,
+                                     batch_size=self.batch_size, limit_train=self.limit_train,
+                                     limit_test=self.limit_test, device=self.device))
 
     @property
     def run_id(self) -> str:
@@ -347,28 +350,17 @@ class PostTrainConfig:
         return "post-" + hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _train_base(cfg: PostTrainConfig, out: Path, log) -> tuple[nn.Module, dict[str, torch.Tensor], Any, TrainConfig]:
+def _train_base(cfg: PostTrainConfig, results_dir: Path | str | None, log) -> tuple[nn.Module, dict, Any, TrainConfig]:
+    """Run (or reuse) the base network and return it with its weights, data and training settings."""
     from bmrs import data as data_mod
 
     base = cfg.base()
-    base.validate()
-    tcfg = base.train_config()
+    run(base, results_dir=results_dir, log=log)
     bundle = data_mod.load(base.dataset, network=_family(base.network), seed=base.seed,
                            limit_train=base.limit_train, limit_test=base.limit_test)
-    torch.manual_seed(base.seed)
-    model = build_model(base, bundle.input_spec, bundle.num_classes)
-    path = out / "base_model.pt"
-    if path.exists():
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    else:
-        trainer = Trainer(model, bundle, tcfg, PruningPlan(), seed=base.seed, device=pick_device(cfg.device),
-                          checkpoint=out / "base_checkpoint.pt", log=log)
-        result = trainer.fit()
-        write_json_atomic(out / "base_metrics.json", {"history": result.history, "final": result.final})
-        _save_model(model, path)
-        (out / "base_checkpoint.pt").unlink(missing_ok=True)
+    model = load_model(base, results_dir)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return model, state, bundle, tcfg
+    return model, state, bundle, base.train_config()
 
 
 def rank_correlations(model: nn.Module, names: list[str]) -> dict[str, dict[str, float]]:
@@ -401,7 +393,7 @@ def run_posttrain(cfg: PostTrainConfig, *, results_dir: Path | str | None = None
     write_json_atomic(out / "config.json", {"posttrain": {k: v for k, v in dataclasses.asdict(cfg).items()
                                                           if k != "device"}, "run_id": cfg.run_id})
     t0 = time.perf_counter()
-    model, state, bundle, tcfg = _train_base(cfg, out, log)
+    model, state, bundle, tcfg = _train_base(cfg, results_dir, log)
     device = pick_device(cfg.device)
     curves: dict[str, list[dict[str, Any]]] = {}
     for name in cfg.criteria:
@@ -409,9 +401,7 @@ def run_posttrain(cfg: PostTrainConfig, *, results_dir: Path | str | None = None
         if path.exists():
             curves[name] = _read_json(path)["records"]
             continue
-        criterion = criterion_for(name) if name in valid_methods() and name not in ("none",) else crit.make_criterion(name)
-        if criterion is None:
-            raise ValueError(f"criterion {name!r} cannot rank units")
+        criterion = crit.make_criterion(name)
         model.load_state_dict(state)
         records = post_training_sweep(model, state, bundle, criterion, list(cfg.levels), tcfg, seed=cfg.seed,
                                       device=device, finetune_epochs=cfg.finetune_epochs_per_level)
@@ -422,7 +412,7 @@ def run_posttrain(cfg: PostTrainConfig, *, results_dir: Path | str | None = None
     ranked = [n for n in cfg.criteria if n in POSTTRAIN_CRITERIA]
     result = {"curves": curves, "ranks": rank_correlations(model, ranked), "run_id": cfg.run_id,
               "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "device"},
-              "base": _read_json(out / "base_metrics.json") if (out / "base_metrics.json").exists() else None,
+              "base": load_metrics(cfg.base(), results_dir),
               "wall_seconds": time.perf_counter() - t0, "environment": _environment()}
     write_json_atomic(final_path, result)
     return result

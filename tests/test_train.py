@@ -50,7 +50,7 @@ def test_every_method_runs_end_to_end_on_real_data(results, network, method):
         assert not any(True for _ in noise_layers(lenet5(1, noise=False)))
         assert final["param_compression_pct"] == 0.0
     if method == "l2":
-        ref = run(cfg.replace(method="bmrs_n"), results_dir=results, log=lambda _: None)
+        ref = run(cfg.replace(method="bmrs_n_code"), results_dir=results, log=lambda _: None)
         assert final["target_structure_compression_pct"] == pytest.approx(ref["final"]["structure_compression_pct"])
         assert final["structure_compression_pct"] == pytest.approx(ref["final"]["structure_compression_pct"], abs=0.5)
 
