@@ -116,13 +116,36 @@ def log_interval_scaled(lo: float, hi: float, width: float) -> tuple[float, floa
     return m, math.log(0.5 * (math.erfc(p) - e_far)) + 0.5 * m * m
 
 
+@numba.njit(cache=True, inline="always")
+def _side(lo: float, hi: float) -> int:
+    """-1 if the standardised interval [lo, hi] lies above 0 (mean below a), +1 if below 0, else 0."""
+    if lo >= 0.0:
+        return -1
+    if hi <= 0.0:
+        return 1
+    return 0
+
+
 @numba.njit(cache=True, parallel=True)
 def delta_f_n(mu: np.ndarray, sigma: np.ndarray, a: float, b: float, mu_p: float, s_p: float,
-              const: float, out: np.ndarray) -> None:
-    """ΔF_N per unit (see bmrs.reduction.delta_f_bmrs_n for the derivation)."""
+              const: float, prior_side: int, out: np.ndarray) -> None:
+    """ΔF_N per unit (see bmrs.reduction.delta_f_bmrs_n for the derivation).
+
+    const holds log(b − a) − ½ log 2π − s̃_p, where log Z̃_p = −m_p²/2 + s̃_p; the −m_p²/2 part (≈ −10¹³
+    for a prior mode outside [a, b]) is cancelled here by algebra. With c the bound nearest the prior
+    mode, e = c − μ̃_p and d = c − μ_q:
+      * q and r on the same side of [a, b] (nearest bound c_qr): m_q²/2 − m_r²/2 − (μ_q − μ̃_p)²/(2T)
+        = −(c_qr − μ̃_p)²/(2σ̃_p²), combined with m_p²/2 in factored form;
+      * r on the prior's side: m_p²/2 − m_r²/2 − (μ_q − μ̃_p)²/(2T) = −d²/(2σ_q²), so the m² part is
+        m_q²/2 − d²/(2σ_q²) (factored if q is on the other side);
+      * otherwise (m_r moderate): m_p²/2 − (μ_q − μ̃_p)²/(2T) = [e²σ_q² + 2 e d σ̃_p² − d²σ̃_p²]/(2σ̃_p² T).
+    """
     s_p2 = s_p * s_p
     edge_lo = -0.5 * (a - mu_p) ** 2 / s_p2
     edge_hi = -0.5 * (b - mu_p) ** 2 / s_p2
+    c = a if prior_side < 0 else b
+    c_other = b if prior_side < 0 else a
+    e = c - mu_p
     for i in numba.prange(mu.shape[0]):
         m = mu[i]
         s = sigma[i]
@@ -136,12 +159,29 @@ def delta_f_n(mu: np.ndarray, sigma: np.ndarray, a: float, b: float, mu_p: float
         lo_r = ((a - m) * s_p2 + (a - mu_p) * s2) / scale
         hi_r = ((b - m) * s_p2 + (b - mu_p) * s2) / scale
         m_r, sc_r = log_interval_scaled(lo_r, hi_r, (b - a) / sigma_red)
-        if lo_q >= 0.0 and lo_r >= 0.0:
-            poly = edge_lo
-        elif hi_q <= 0.0 and hi_r <= 0.0:
-            poly = edge_hi
-        else:
+        side_q = _side(lo_q, hi_q)
+        side_r = _side(lo_r, hi_r)
+        if side_q != 0 and side_q == side_r:
+            # q and r share their nearest bound c_qr: m_q²/2 − m_r²/2 − (μ_q − μ̃_p)²/(2T) = −(c_qr − μ̃_p)²/(2σ̃_p²),
+            # and with a prior mode outside [a, b] the +m_p²/2 = (c − μ̃_p)²/(2σ̃_p²) is combined in factored form.
+            c_qr = a if side_q < 0 else b
+            if prior_side == 0:
+                poly = edge_lo if side_q < 0 else edge_hi
+            elif side_q == prior_side:
+                poly = 0.0
+            else:
+                poly = 0.5 * (c - c_qr) * (c + c_qr - 2.0 * mu_p) / s_p2
+        elif prior_side != 0 and side_r == prior_side:
+            d = c - m
+            if side_q == 0:
+                poly = -0.5 * d * d / s2
+            else:
+                poly = 0.5 * (c_other - c) * (c_other + c - 2.0 * m) / s2
+        elif prior_side == 0:
             poly = 0.5 * (m_q * m_q - m_r * m_r) - 0.5 * (m - mu_p) ** 2 / total
+        else:
+            d = c - m
+            poly = 0.5 * (m_q * m_q - m_r * m_r) + (e * e * s2 + 2.0 * e * d * s_p2 - d * d * s_p2) / (2.0 * s_p2 * total)
         out[i] = const + poly + sc_r - sc_q - 0.5 * math.log(total)
 
 

@@ -69,14 +69,15 @@ def delta_f_bmrs_n(
         raise ValueError(
             f"prior_mu must be finite and prior_sigma positive and finite; got prior_mu={prior_mu}, prior_sigma={prior_sigma}"
         )
-    s_p2 = s_p * s_p
-    log_z_prior = special.log_normal_interval(
+    _, s_prior = special.log_normal_interval_scaled(
         torch.tensor([(a - mu_p) / s_p], dtype=torch.float64),
         torch.tensor([(b - mu_p) / s_p], dtype=torch.float64),
         torch.tensor([(b - a) / s_p], dtype=torch.float64),
-    ).item()
-    const = math.log(b - a) - log_z_prior - special.HALF_LOG_2PI + (0.0 if include_2pi else special.HALF_LOG_2PI)
-    return _run_kernel(kernels.delta_f_n, mu64, sigma64, a, b, mu_p, s_p, const)
+    )
+    prior_side = -1 if mu_p < a else (1 if mu_p > b else 0)
+    # −log Z̃_p = m_p²/2 − s̃_p; the m_p²/2 part is cancelled algebraically inside the kernel.
+    const = math.log(b - a) - float(s_prior) - special.HALF_LOG_2PI + (0.0 if include_2pi else special.HALF_LOG_2PI)
+    return _run_kernel(kernels.delta_f_n, mu64, sigma64, a, b, mu_p, s_p, const, prior_side)
 
 
 def bmrs_u_threshold(p1: float, p2: float = 23, *, a: float = DEFAULT_A, b: float = DEFAULT_B) -> float:

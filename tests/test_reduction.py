@@ -92,19 +92,10 @@ def test_delta_f_n_matches_eq8_at_150_digits(case):
                      what="delta_f_bmrs_n vs Eq. 8 (mpmath)")
 
 
-_PRIOR_OUTSIDE_BUG = (
-    "BUG: delta_f_bmrs_n is wrong when prior_mu lies outside [a, b] and prior_sigma is small: log Z̃_p "
-    "(~ -((a - prior_mu)/prior_sigma)²/2, e.g. -5e12) enters reduction.delta_f_bmrs_n's `const` in full and "
-    "cancels numerically against m_r²/2 in kernels.delta_f_n's mixed branch (lo_q < 0 <= lo_r), losing "
-    "~ulp(1e13); e.g. prior_mu=-25, prior_sigma=1e-6, mu=-15, sigma=e^5 gives -0.003342 vs exact +0.000756 "
-    "(the pruning decision flips)")
-
-
 def _prior_outside_cases():
     for prior_mu in (-21.0, -25.0, 1.0, 3.0):
         yield pytest.param(prior_mu, 0.3, id=f"prior_mu{prior_mu:g}-prior_sigma0.3")
-        yield pytest.param(prior_mu, 1e-6, id=f"prior_mu{prior_mu:g}-prior_sigma1e-6",
-                           marks=pytest.mark.xfail(strict=True, reason=_PRIOR_OUTSIDE_BUG))
+        yield pytest.param(prior_mu, 1e-6, id=f"prior_mu{prior_mu:g}-prior_sigma1e-6")
 
 
 @pytest.mark.parametrize("prior_mu,prior_sigma", list(_prior_outside_cases()))
