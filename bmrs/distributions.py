@@ -74,12 +74,14 @@ def check_bounds(a: float, b: float) -> tuple[float, float]:
 
 
 def _as_tensor(x: TensorLike, name: str) -> Tensor:
+    """Tensors keep their floating dtype (integers become the default dtype); Python numbers and NumPy
+    arrays become float64 so that no precision is lost before the float64 computation."""
     if isinstance(x, Tensor):
         if not x.is_floating_point():
             x = x.to(torch.get_default_dtype())
         return x
     try:
-        return torch.as_tensor(x, dtype=torch.get_default_dtype())
+        return torch.as_tensor(np.asarray(x, dtype=np.float64))
     except (TypeError, ValueError, RuntimeError) as exc:
         raise ValueError(f"{name} must be a tensor or a number; got {type(x).__name__}") from exc
 

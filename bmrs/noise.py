@@ -189,14 +189,18 @@ class MultiplicativeNoise(nn.Module):
         return self.dim % x.dim()
 
     def expected_theta(self) -> Tensor:
-        """E_q[θ] per unit (float64, spec 2.5), cached until mu, log_sigma change."""
-        key = (self.mu._version, self.log_sigma._version, self.mu.device, id(self.mu), id(self.log_sigma))
-        if self._cache_key != key or self._cache is None:
+        """E_q[θ] per unit (float64, spec 2.5), cached until mu or log_sigma change.
+
+        The cache is keyed on copies of the parameter values (a few thousand numbers at most), so every
+        kind of update — optimiser steps, load_state_dict, in-place edits, writes through ``.data`` —
+        invalidates it.
+        """
+        mu, log_sigma = self.mu.detach(), self.log_sigma.detach()
+        key = self._cache_key
+        if key is None or key[0].device != mu.device or not (torch.equal(key[0], mu) and torch.equal(key[1], log_sigma)):
             with torch.no_grad():
-                self._cache = dist._log_expected_theta(
-                    self.mu.detach().double(), self.sigma.detach().double(), self.a, self.b
-                ).exp()
-            self._cache_key = key
+                self._cache = dist._log_expected_theta(mu.double(), self.sigma.detach().double(), self.a, self.b).exp()
+            self._cache_key = (mu.clone(), log_sigma.clone())
         return self._cache
 
     def forward(self, x: Tensor) -> Tensor:

@@ -39,9 +39,22 @@ _CF_TERMS = 60
 _ERFC_SAFE = 25.0
 
 
+class _LogNdtr(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return torch.special.log_ndtr(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * torch.exp(_log_inv_mills_value(-x))
+
+
 def log_ndtr(x: Tensor) -> Tensor:
-    """log Φ(x), stable for all x (thin alias of torch.special.log_ndtr)."""
-    return torch.special.log_ndtr(x)
+    """log Φ(x), stable for all x, with the gradient φ(x)/Φ(x) = λ(−x) taken from the inverse Mills ratio
+    (torch's own backward of log_ndtr overflows for x ≲ −1e8)."""
+    return _LogNdtr.apply(x)
 
 
 def log_normal_pdf(x: Tensor) -> Tensor:

@@ -224,9 +224,6 @@ def test_special_helpers_finite_on_standardised_grid_bounds(dense_grid):
     assert torch.isfinite(S.log1mexp(x)).all()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (upstream torch, exposed by bmrs.special.log_ndtr): the autograd "
-                   "gradient of torch.special.log_ndtr is wrong or non-finite for t <= -1e8 (t=-1e8: 1.94e8 "
-                   "instead of 1e8; t=-1e10: inf; t <= -1e155: nan)")
 def test_log_ndtr_gradient_in_far_left_tail():
     """d/dt log Φ(t) = φ(t)/Φ(t) = λ(-t) ~ -t for t -> -inf. The values of S.log_ndtr are fine; the
     library's own code only differentiates it for t >= 0, but the public helper advertises "stable

@@ -319,10 +319,6 @@ def test_eval_cache_recomputed_after_in_place_update_under_no_grad():
     torch.testing.assert_close(layer(x)[0], (_expected(layer) * layer.mask.double()).float(), rtol=1e-6, atol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: MultiplicativeNoise.expected_theta keys its cache on "
-                   "(mu._version, log_sigma._version, device, id(mu), id(log_sigma)); writes through .data "
-                   "(e.g. torch.nn.utils.vector_to_parameters, p.data.copy_(...)) bump neither, so eval mode "
-                   "keeps using the stale E[θ]")
 @pytest.mark.parametrize("how", ["vector_to_parameters", "data_copy", "data_assign"])
 def test_eval_cache_recomputed_after_writes_through_data(how):
     layer = N.MultiplicativeNoise(3)
