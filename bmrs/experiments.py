@@ -102,6 +102,7 @@ class RunConfig:
     prune_every: int = 1
     kl_reduction: str = "mean"
     kl_weight: float = 1.0
+    noise_lr_scale: float = 1.0
     limit_train: int | None = None
     limit_test: int | None = None
     pretrained: bool = False
@@ -121,9 +122,11 @@ class RunConfig:
                              "(or bmrs_u<p1>, e.g. bmrs_u6)")
 
     def hashed_fields(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d.pop("device")
-        return d
+        """The fields that define the run. Fields at their default value are left out, so adding a new
+        option with a default keeps the identity of every existing run."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k != "device" and (k in ("dataset", "network", "method", "seed") or v != defaults[k])}
 
     @property
     def run_id(self) -> str:
@@ -142,6 +145,7 @@ class RunConfig:
             kl_reduction=self.kl_reduction,
             kl_weight=self.kl_weight,
             prune_every=self.prune_every,
+            noise_lr_scale=self.noise_lr_scale,
         )
 
     def replace(self, **changes) -> "RunConfig":
@@ -304,9 +308,10 @@ def load_model(cfg: RunConfig, results_dir: Path | str | None = None) -> nn.Modu
 
 
 def config_from_dir(path: Path | str) -> RunConfig:
-    """The RunConfig stored in a run directory."""
+    """The RunConfig stored in a run directory (fields not stored take their defaults)."""
     data = _read_json(Path(path) / "config.json")
-    return RunConfig(**data["run"])
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    return RunConfig(**{k: v for k, v in data["run"].items() if k in known})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -331,6 +336,7 @@ class PostTrainConfig:
     batch_size: int | None = None
     limit_train: int | None = None
     limit_test: int | None = None
+    noise_lr_scale: float = 1.0
     levels: tuple[float, ...] = tuple(float(x) for x in torch.linspace(0, 100, 100).tolist())
     criteria: tuple[str, ...] = POSTTRAIN_CRITERIA
     finetune_epochs_per_level: int = 1
@@ -341,12 +347,14 @@ class PostTrainConfig:
         return base_config(RunConfig(dataset=self.dataset, network=self.network, method="base", seed=self.seed,
                                      profile=self.profile, epochs=self.epochs, lr=self.lr,
                                      batch_size=self.batch_size, limit_train=self.limit_train,
-                                     limit_test=self.limit_test, device=self.device))
+                                     limit_test=self.limit_test, noise_lr_scale=self.noise_lr_scale,
+                                     device=self.device))
 
     @property
     def run_id(self) -> str:
-        d = dataclasses.asdict(self)
-        d.pop("device")
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        d = {k: v for k, v in dataclasses.asdict(self).items()
+             if k != "device" and (k in ("dataset", "network", "seed") or v != defaults[k])}
         return "post-" + hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -401,10 +409,15 @@ def run_posttrain(cfg: PostTrainConfig, *, results_dir: Path | str | None = None
         if path.exists():
             curves[name] = _read_json(path)["records"]
             continue
-        criterion = crit.make_criterion(name)
         model.load_state_dict(state)
-        records = post_training_sweep(model, state, bundle, criterion, list(cfg.levels), tcfg, seed=cfg.seed,
-                                      device=device, finetune_epochs=cfg.finetune_epochs_per_level)
+        if name == "eigendamage":
+            from bmrs.baselines.protocol import eigendamage_sweep
+
+            records = eigendamage_sweep(model, state, bundle, list(cfg.levels), tcfg, seed=cfg.seed, device=device,
+                                        finetune_epochs=cfg.finetune_epochs_per_level)
+        else:
+            records = post_training_sweep(model, state, bundle, crit.make_criterion(name), list(cfg.levels), tcfg,
+                                          seed=cfg.seed, device=device, finetune_epochs=cfg.finetune_epochs_per_level)
         write_json_atomic(path, {"criterion": name, "records": records})
         curves[name] = records
         log(f"post-training sweep {name}: {len(records)} points")

@@ -188,3 +188,41 @@ def _criterion(method: str) -> Criterion:
     from bmrs.criteria import make_criterion
 
     return make_criterion(method)
+
+
+def eigendamage_sweep(model: nn.Module, trained_state: dict, bundle, levels, tcfg: TrainConfig, *, seed: int,
+                      device: torch.device, finetune_epochs: int = 1) -> list[dict[str, Any]]:
+    """EigenDamage's post-training curve (spec C.2): from the base network with its noise folded in, prune
+    the globally least important `level`% of eigen-units (per-layer cap 0.95), fine-tune
+    `finetune_epochs` epochs with cross-entropy (unshuffled, as the BMRS sweeps), record test accuracy
+    and the parameter compression of the rebuilt network, rotations included (spec C.3)."""
+    from bmrs.baselines.eigendamage import EigenDamage, count_parameters, fold_noise
+    from bmrs.compact import count_macs
+
+    model.load_state_dict(trained_state)
+    plain = fold_noise(model).to(device)
+    method = EigenDamage()
+    method.fit(plain, bundle, device=device, seed=seed)
+    dense = count_parameters(plain)
+    cfg = dataclasses.replace(tcfg, kl_weight=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    example = bundle.input_spec.example(1)
+    records, last = [], None
+    for level in levels:
+        pruned = method.prune(plain, float(level) / 100.0).to(device)
+        params = count_parameters(pruned)
+        if params == last:
+            continue
+        last = params
+        optimizer = make_optimizer(pruned, cfg)
+        for _ in range(finetune_epochs):
+            train_epoch(pruned, bundle.train, optimizer, cfg=cfg, device=device, generator=generator, shuffle=False,
+                        desc=f"EigenDamage {level:.1f}%")
+        test = evaluate(pruned, bundle.test, device=device, batch_size=cfg.eval_batch_size)
+        comp = 100.0 * (1.0 - params / dense)
+        records.append({"criterion": "EigenDamage", "level": float(level), "test_acc": test["acc"],
+                        "structure_compression_pct": None, "param_compression_pct": comp,
+                        "actual_param_compression_pct": comp, "parameters": params,
+                        "macs": count_macs(pruned.cpu(), example), "units_kept": None})
+    model.load_state_dict(trained_state)
+    return records

@@ -1,0 +1,208 @@
+"""The paper's studies as functions of a profile: launch (or reuse) runs, collect small summary tables.
+
+Notebooks call these with the settings of their profile section (configs/<profile>.yaml). Every run goes
+through :mod:`bmrs.experiments`, so finished runs are reused across notebooks and reruns. Each study
+returns a pandas DataFrame and writes it as CSV under ``results/summary/<profile>/``; the figure and
+table code reads only those CSVs. The quick profile's CSVs are committed under ``results/reference/``
+so that figures and tables can be regenerated without training (``source="reference"``).
+
+Summaries (one row each):
+
+* ``continuous``    — a continuous-pruning run (Tables 1, 2, the 2π comparison, Figure 4):
+                      dataset, network, method, seed, p1, test_acc, param_compression_pct (spec 4.6),
+                      actual_param_compression_pct (physically shrunk), structure_compression_pct, ...
+* ``posttrain``     — a point of a post-training sweep (Figure 2): dataset, network, seed, criterion,
+                      level, test_acc, param_compression_pct, actual_param_compression_pct, ...
+* ``ranks``         — a rank correlation (Figures 3, 6, 7): dataset, network, seed, row, col, spearman
+* ``units``         — per-unit posterior statistics of a trained network (Figure 1): layer, unit,
+                      expected_theta, delta_f, kept
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from bmrs import experiments as ex
+
+SUMMARY_DIR = Path("results/summary")
+REFERENCE_DIR = Path("results/reference")
+_RUN_FIELDS = {f for f in ex.RunConfig.__dataclass_fields__} - {"dataset", "network", "method", "seed", "profile"}
+
+
+def summary_path(name: str, profile: str, source: str = "run") -> Path:
+    """Where a summary CSV lives: results/summary/<profile>/<name>.csv, or results/reference/<name>.csv."""
+    if source == "reference":
+        return REFERENCE_DIR / f"{name}.csv"
+    if source != "run":
+        raise ValueError(f"source must be 'run' or 'reference'; got {source!r}")
+    return SUMMARY_DIR / profile / f"{name}.csv"
+
+
+def save_summary(df: pd.DataFrame, name: str, profile: str) -> Path:
+    """Write a summary atomically (temp file + rename)."""
+    path = summary_path(name, profile)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def load_summary(name: str, profile: str, source: str = "run") -> pd.DataFrame:
+    """Read a summary; a missing file raises FileNotFoundError saying how to produce it."""
+    path = summary_path(name, profile, source)
+    if not path.exists():
+        hint = ("commit the quick profile's summaries with `python -m bmrs.study publish`" if source == "reference"
+                else f"run the notebook that produces it (./run_all.sh --profile {profile})")
+        raise FileNotFoundError(f"{path} does not exist; {hint}")
+    return pd.read_csv(path)
+
+
+def _run_config(setting: dict[str, Any], method: str, seed: int, profile: str, **extra: Any) -> ex.RunConfig:
+    unknown = set(setting) - _RUN_FIELDS - {"dataset", "network"}
+    if unknown:
+        raise ValueError(f"unknown run settings {sorted(unknown)}; allowed: dataset, network, {', '.join(sorted(_RUN_FIELDS))}")
+    fields = {k: v for k, v in setting.items() if k not in ("dataset", "network")}
+    return ex.RunConfig(dataset=setting["dataset"], network=setting["network"], method=method, seed=seed,
+                        profile=profile, **fields, **extra)
+
+
+def _actual_compression(cfg: ex.RunConfig, results_dir) -> float | None:
+    """Parameter compression of the physically shrunk network (None where it does not apply)."""
+    from bmrs.baselines.protocol import actual_param_compression, plain_parameters
+    from bmrs.noise import noise_layers
+
+    if cfg.method in ("none", "eigendamage"):
+        return None
+    model = ex.load_model(cfg, results_dir)
+    if not any(True for _ in noise_layers(model)):
+        return None
+    return actual_param_compression(model, plain_parameters(model))
+
+
+def continuous(settings: Iterable[dict[str, Any]], methods: Iterable[str], seeds: Iterable[int], *, profile: str,
+               results_dir: Path | str | None = None, log=print) -> pd.DataFrame:
+    """Run every (setting, method, seed) and collect one row per run (Tables 1, 2)."""
+    rows = []
+    for setting in settings:
+        for seed in seeds:
+            for method in methods:
+                cfg = _run_config(setting, method, seed, profile)
+                log(f"[continuous] {cfg.network} / {cfg.dataset} / {method} / seed {seed}")
+                m = ex.run(cfg, results_dir=results_dir, log=lambda _: None)
+                rows.append(_row(cfg, m, results_dir))
+    return pd.DataFrame(rows)
+
+
+def _row(cfg: ex.RunConfig, metrics: dict[str, Any], results_dir) -> dict[str, Any]:
+    f = metrics["final"]
+    actual = f.get("actual_param_compression_pct")
+    if actual is None:
+        actual = _actual_compression(cfg, results_dir)
+    return {"dataset": cfg.dataset, "network": cfg.network, "method": cfg.method, "seed": cfg.seed,
+            "test_acc": f["test_acc"], "val_acc": f.get("val_acc"),
+            "param_compression_pct": f.get("param_compression_pct"),
+            "actual_param_compression_pct": actual,
+            "structure_compression_pct": f.get("structure_compression_pct"),
+            "epochs": metrics["history"][-1]["epoch"] if metrics.get("history") else None,
+            "wall_seconds": metrics.get("wall_seconds"), "run_id": metrics.get("run_id")}
+
+
+def p1_sweep(setting: dict[str, Any], p1_values: Iterable[float], seeds: Iterable[int], *, profile: str,
+             results_dir: Path | str | None = None, log=print) -> pd.DataFrame:
+    """Continuous pruning with BMRS_U for each p1 (Figure 4)."""
+    rows = []
+    for p1 in p1_values:
+        method = {8: "bmrs_u8", 4: "bmrs_u4"}.get(p1, f"bmrs_u{p1:g}")
+        df = continuous([setting], [method], seeds, profile=profile, results_dir=results_dir, log=log)
+        rows.append(df.assign(p1=p1))
+    return pd.concat(rows, ignore_index=True)
+
+
+def posttrain(settings: Iterable[dict[str, Any]], seeds: Iterable[int], criteria: Iterable[str],
+              levels: Iterable[float], *, profile: str, results_dir: Path | str | None = None,
+              log=print) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Post-training studies (Figure 2; Figures 3, 6, 7): sweep records and rank correlations."""
+    curves, ranks = [], []
+    for setting in settings:
+        for seed in seeds:
+            base = _run_config(setting, "base", seed, profile)
+            cfg = ex.PostTrainConfig(dataset=base.dataset, network=base.network, seed=seed, profile=profile,
+                                     epochs=base.epochs, lr=base.lr, batch_size=base.batch_size,
+                                     limit_train=base.limit_train, limit_test=base.limit_test,
+                                     noise_lr_scale=base.noise_lr_scale, levels=tuple(float(x) for x in levels),
+                                     criteria=tuple(criteria))
+            log(f"[post-training] {cfg.network} / {cfg.dataset} / seed {seed}: {len(cfg.levels)} levels x "
+                f"{len(cfg.criteria)} criteria")
+            result = ex.run_posttrain(cfg, results_dir=results_dir, log=log)
+            for name, records in result["curves"].items():
+                for r in records:
+                    curves.append({"dataset": cfg.dataset, "network": cfg.network, "seed": seed, "criterion": name, **r})
+            for row, cols in result["ranks"].items():
+                for col, value in cols.items():
+                    ranks.append({"dataset": cfg.dataset, "network": cfg.network, "seed": seed, "row": row,
+                                  "col": col, "spearman": value})
+    return pd.DataFrame(curves), pd.DataFrame(ranks)
+
+
+def unit_statistics(setting: dict[str, Any], method: str, seed: int, *, profile: str,
+                    results_dir: Path | str | None = None) -> pd.DataFrame:
+    """Per-unit E[θ], ΔF_N (both variants) and mask of a finished run's network (Figure 1)."""
+    from bmrs import distributions as dist
+    from bmrs.noise import noise_layers
+    from bmrs.reduction import delta_f_bmrs_n
+
+    cfg = _run_config(setting, method, seed, profile)
+    ex.run(cfg, results_dir=results_dir)
+    model = ex.load_model(cfg, results_dir)
+    rows = []
+    for name, layer in noise_layers(model):
+        mu, sigma = layer.mu.detach().double(), layer.sigma.detach().double()
+        e = dist.expected_theta(mu, sigma, a=layer.a, b=layer.b)
+        df = delta_f_bmrs_n(mu, sigma, a=layer.a, b=layer.b)
+        dfc = delta_f_bmrs_n(mu, sigma, a=layer.a, b=layer.b, include_2pi=False)
+        for i in range(layer.num_units):
+            rows.append({"layer": name, "unit": i, "mu": float(mu[i]), "log_sigma": float(layer.log_sigma[i]),
+                         "expected_theta": float(e[i]), "delta_f": float(df[i]), "delta_f_code": float(dfc[i]),
+                         "kept": bool(layer.mask[i] > 0)})
+    return pd.DataFrame(rows)
+
+
+def publish_reference(profile: str = "quick", names: Iterable[str] | None = None) -> list[Path]:
+    """Copy a profile's summaries to results/reference/ (what the repository commits)."""
+    src = SUMMARY_DIR / profile
+    if not src.exists():
+        raise FileNotFoundError(f"{src} does not exist; run ./run_all.sh --profile {profile} first")
+    REFERENCE_DIR.mkdir(parents=True, exist_ok=True)
+    out = []
+    for path in sorted(src.glob("*.csv")):
+        if names is not None and path.stem not in set(names):
+            continue
+        target = REFERENCE_DIR / path.name
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_bytes(path.read_bytes())
+        os.replace(tmp, target)
+        out.append(target)
+    return out
+
+
+def _main() -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bmrs.study")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("publish", help="copy results/summary/<profile>/*.csv to results/reference/")
+    p.add_argument("--profile", default="quick")
+    args = parser.parse_args()
+    for path in publish_reference(args.profile):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
+
