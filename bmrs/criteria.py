@@ -104,36 +104,46 @@ class L2(Criterion):
         return w.reshape(w.shape[0], -1).double().norm(dim=1).cpu()
 
 
+class _PosteriorThreshold(Criterion):
+    """A posterior statistic with a fixed threshold: prune iff statistic(μ, σ) ≤ threshold."""
+
+    threshold: float
+    ascending = True
+
+    @staticmethod
+    def statistic(mu: Tensor, sigma: Tensor, a: float, b: float) -> Tensor:
+        raise NotImplementedError
+
+    def layer_scores(self, layer: MultiplicativeNoise, group: UnitGroup | None) -> Tensor:
+        mu, sigma = _posterior(layer)
+        return self.statistic(mu, sigma, layer.a, layer.b)
+
+    def keep(self, scores: Tensor) -> Tensor:
+        return scores > self.threshold
+
+
 @dataclass(repr=False)
-class ExpectedTheta(Criterion):
+class ExpectedTheta(_PosteriorThreshold):
     """Prune iff E_q[θ] ≤ threshold (0.1 in the paper; absent from the released code, spec 2.12.5)."""
 
     threshold: float = 0.1
     name = "E[theta]"
-    ascending = True
 
-    def layer_scores(self, layer: MultiplicativeNoise, group: UnitGroup | None) -> Tensor:
-        mu, sigma = _posterior(layer)
-        return dist.expected_theta(mu, sigma, a=layer.a, b=layer.b)
-
-    def keep(self, scores: Tensor) -> Tensor:
-        return scores > self.threshold
+    @staticmethod
+    def statistic(mu: Tensor, sigma: Tensor, a: float, b: float) -> Tensor:
+        return dist.expected_theta(mu, sigma, a=a, b=b)
 
 
 @dataclass(repr=False)
-class SNR(Criterion):
+class SNR(_PosteriorThreshold):
     """Prune iff SNR(θ) ≤ threshold (1 in Neklyudov et al. and the paper)."""
 
     threshold: float = 1.0
     name = "SNR"
-    ascending = True
 
-    def layer_scores(self, layer: MultiplicativeNoise, group: UnitGroup | None) -> Tensor:
-        mu, sigma = _posterior(layer)
-        return dist.snr(mu, sigma, a=layer.a, b=layer.b)
-
-    def keep(self, scores: Tensor) -> Tensor:
-        return scores > self.threshold
+    @staticmethod
+    def statistic(mu: Tensor, sigma: Tensor, a: float, b: float) -> Tensor:
+        return dist.snr(mu, sigma, a=a, b=b)
 
 
 @dataclass(repr=False)

@@ -71,38 +71,42 @@ def _leaf_weight(node, units: int | None) -> Tensor | None:
     return None
 
 
-def _walk_to_weight(start, units: int) -> Tensor | None:
-    """Breadth-first from an autograd node to the first weight op producing `units` outputs."""
+def _walk_back(start, visit, pass_through: set[str]):
+    """Breadth-first walk from an autograd node through `pass_through` ops (their first input only).
+
+    `visit(node)` returns a result to stop with, or None to continue; nodes it returns False for are
+    not expanded."""
     frontier, seen = [start], set()
     while frontier:
         node = frontier.pop(0)
         if node is None or id(node) in seen:
             continue
         seen.add(id(node))
-        name = type(node).__name__
-        if name in _WEIGHT_OPS:
-            weight = _leaf_weight(node, units)
-            if weight is not None:
-                return weight
+        found = visit(node)
+        if found is False:
             continue
-        if name in _PASS_THROUGH:
+        if found is not None:
+            return found
+        if type(node).__name__ in pass_through:
             frontier.extend(fn for fn, _ in node.next_functions[:1])
     return None
+
+
+def _walk_to_weight(start, units: int) -> Tensor | None:
+    """From a noise layer's input back to the first weight op producing `units` outputs."""
+
+    def visit(node):
+        if type(node).__name__ in _WEIGHT_OPS:
+            weight = _leaf_weight(node, units)
+            return weight if weight is not None else False
+        return None
+
+    return _walk_back(start, visit, _PASS_THROUGH)
 
 
 def _walk_to_noise(start, outputs: dict[int, str]) -> str | None:
     """From a layer's input node back through unit-preserving ops to a noise layer's output node."""
-    frontier, seen = [start], set()
-    while frontier:
-        node = frontier.pop(0)
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        if id(node) in outputs:
-            return outputs[id(node)]
-        if type(node).__name__ in _PASS_THROUGH - {"MulBackward0", "DivBackward0"}:
-            frontier.extend(fn for fn, _ in node.next_functions[:1])
-    return None
+    return _walk_back(start, lambda node: outputs.get(id(node)), _PASS_THROUGH - {"MulBackward0", "DivBackward0"})
 
 
 def example_input_for(model: nn.Module, example_input: Tensor | None) -> Tensor:
