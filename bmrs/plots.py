@@ -220,3 +220,115 @@ def plot_priors(
     if legend:
         ax.legend(fontsize=7, loc="upper right", frameon=True, framealpha=0.9, edgecolor="none")
     return ax
+
+
+# --------------------------------------------------------------------------------------------------
+# Figure 1: E[θ] of the units before and after pruning, around the priors panel
+# --------------------------------------------------------------------------------------------------
+
+def plot_expected_theta_hist(ax: Axes, values: Sequence[float] | np.ndarray, *, bins: int = 20, color: str = "C0",
+                             kde: bool = True, label: str | None = None) -> Axes:
+    """Histogram of E[θ] values with ``bins`` equal bins on [0, 1] (counts of units) and a Gaussian KDE
+    scaled to the same counts (as seaborn's ``histplot(kde=True)``; the paper's Figure 1 panels). The
+    KDE is skipped when it is undefined (fewer than two distinct values)."""
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    edges = np.linspace(0.0, 1.0, int(bins) + 1)
+    ax.hist(x, bins=edges, color=color, alpha=0.5, edgecolor="white", linewidth=0.6, label=label)
+    if kde and x.size >= 2 and np.ptp(x) > 0:
+        from scipy.stats import gaussian_kde
+
+        try:
+            density = gaussian_kde(x)
+        except np.linalg.LinAlgError:
+            density = None
+        if density is not None:
+            grid = np.linspace(0.0, 1.0, 401)
+            ax.plot(grid, density(grid) * x.size / int(bins), color=color, lw=1.6)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel(r"$\mathbb{E}[\theta]$")
+    ax.set_ylabel("units")
+    return ax
+
+
+def plot_figure1(expected_theta: Sequence[float] | np.ndarray, kept: Sequence[bool] | np.ndarray, *, bins: int = 20,
+                 method_label: str = r"BMRS$_N$", figsize: tuple[float, float] = (11.0, 3.2)) -> Figure:
+    """The paper's Figure 1 from one trained network's units: left, E[θ] of every noise variable
+    (histogram, ``bins`` bins on [0, 1], with KDE); middle, the original and an illustrative reduced prior
+    (:func:`plot_priors`); right, E[θ] of the units that the method kept (mask = 1). Arrows between the
+    panels read "Calculate ΔF" and "Prune ΔF ≥ 0". Both histograms share the y axis."""
+    import matplotlib.pyplot as plt
+
+    e = np.asarray(expected_theta, dtype=np.float64)
+    keep = np.asarray(kept, dtype=bool)
+    if e.shape != keep.shape:
+        raise ValueError(f"expected_theta and kept must have the same length; got {e.shape} and {keep.shape}")
+    fig, axes = plt.subplots(1, 3, figsize=figsize, gridspec_kw=dict(wspace=0.6))
+    plot_expected_theta_hist(axes[0], e, bins=bins, color="C0")
+    axes[0].set_title(f"before pruning: all {e.size} units", fontsize=9)
+    plot_priors(axes[1], legend=False)
+    axes[1].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), frameon=False)
+    axes[1].set_ylabel("")
+    axes[1].set_title("prior and reduced prior", fontsize=9)
+    plot_expected_theta_hist(axes[2], e[keep], bins=bins, color="C2")
+    axes[2].yaxis.tick_right()  # keep the gap between the panels free for the arrow
+    axes[2].yaxis.set_label_position("right")
+    axes[2].set_title(f"after pruning: {int(keep.sum())} of {e.size} kept by {method_label}", fontsize=9)
+    top = max(axes[0].get_ylim()[1], axes[2].get_ylim()[1], 1.0)
+    for ax in (axes[0], axes[2]):
+        ax.set_ylim(0.0, top)
+    arrows = ((axes[0], axes[1], r"Calculate $\Delta F$"), (axes[1], axes[2], r"Prune $\Delta F \geq 0$"))
+    for left, right, text in arrows:
+        l, r = left.get_position(), right.get_position()
+        y = l.y0 + 0.8 * l.height
+        fig.add_artist(_arrow((l.x1 + 0.008, y), (r.x0 - 0.008, y), fig))
+        fig.text(0.5 * (l.x1 + r.x0), y + 0.035, text, ha="center", va="bottom", fontsize=9)
+    return fig
+
+
+def _arrow(start: tuple[float, float], end: tuple[float, float], fig: Figure):
+    """An arrow between two points given in figure coordinates."""
+    from matplotlib.patches import FancyArrowPatch
+
+    return FancyArrowPatch(start, end, transform=fig.transFigure, arrowstyle="-|>", mutation_scale=12, lw=1.4,
+                           color="0.2")
+
+
+# --------------------------------------------------------------------------------------------------
+# Figure 4: BMRS_U accuracy and compression against p1
+# --------------------------------------------------------------------------------------------------
+
+def plot_p1_sweep(ax: Axes, summary, *, acc_color: str = "C0", comp_color: str = "C3") -> tuple[Axes, Axes]:
+    """The paper's Figure 4 for one setting: test accuracy (left axis) and parameter compression (right
+    axis, a twin axis) of BMRS_U against p1, mean ± population std over seeds as error bars.
+
+    ``summary`` is a p1_sweep summary (columns p1, test_acc, param_compression_pct, seed) of a single
+    (network, dataset). Returns (accuracy axis, compression axis)."""
+    import pandas as pd
+
+    df = pd.DataFrame(summary)
+    if df.empty:
+        raise ValueError("the p1 sweep summary is empty; run the sweep first")
+    if {"network", "dataset"} <= set(df.columns) and len(df.groupby(["network", "dataset"])) > 1:
+        raise ValueError("plot_p1_sweep draws one setting; select one (network, dataset) first")
+    g = df.groupby("p1").agg(acc=("test_acc", "mean"), acc_sd=("test_acc", lambda s: float(np.std(s, ddof=0))),
+                             comp=("param_compression_pct", "mean"),
+                             comp_sd=("param_compression_pct", lambda s: float(np.std(s, ddof=0))),
+                             n=("test_acc", "size")).sort_index()
+    p1 = g.index.to_numpy(dtype=float)
+    h1 = ax.errorbar(p1, g["acc"], yerr=g["acc_sd"], color=acc_color, marker="o", ms=4, capsize=3, lw=1.5,
+                     label="test accuracy (left)")
+    ax2 = ax.twinx()
+    h2 = ax2.errorbar(p1, g["comp"], yerr=g["comp_sd"], color=comp_color, marker="s", ms=4, capsize=3, lw=1.5,
+                      ls="--", label="parameter compression (right)")
+    ax.set_xticks(p1)
+    ax.set_xticklabels([f"{v:g}" for v in p1])
+    ax.set_xlabel(r"$p_1$ (reduced prior LogU$[2^{-23}, 2^{-p_1}]$)")
+    ax.set_ylabel("test accuracy (%)", color=acc_color)
+    ax2.set_ylabel("parameter compression (%)", color=comp_color)
+    ax.tick_params(axis="y", colors=acc_color)
+    ax2.tick_params(axis="y", colors=comp_color)
+    n = sorted(set(int(v) for v in g["n"]))
+    ax2.legend(handles=[h1, h2], fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.01), ncol=2, frameon=False,
+               title=f"BMRS$_U$, mean ± std over {'/'.join(map(str, n))} seed(s)", title_fontsize=7)
+    return ax, ax2
