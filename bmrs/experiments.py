@@ -118,15 +118,25 @@ class RunConfig:
         if self.network not in NETWORKS:
             raise ValueError(f"unknown network {self.network!r}; valid: {', '.join(NETWORKS)}")
         if self.method not in valid_methods():
-            raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(valid_methods())} "
-                             "(or bmrs_u<p1>, e.g. bmrs_u6)")
+            try:
+                if not _is_bmrs_u(self.method):
+                    raise ValueError
+                crit.make_criterion(self.method)
+            except ValueError:
+                raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(valid_methods())} "
+                                 "(or bmrs_u<p1>, e.g. bmrs_u6)") from None
 
     def hashed_fields(self) -> dict[str, Any]:
         """The fields that define the run. Fields at their default value are left out, so adding a new
         option with a default keeps the identity of every existing run."""
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        p = preset(self.network, self.dataset) if self.network in NETWORKS else {}
+
+        def redundant(k: str, v: Any) -> bool:  # a default, or an override equal to the preset's value
+            return v == defaults[k] or (k in ("epochs", "finetune_epochs", "lr", "batch_size") and p.get(k) == v)
+
         return {k: v for k, v in dataclasses.asdict(self).items()
-                if k != "device" and (k in ("dataset", "network", "method", "seed") or v != defaults[k])}
+                if k != "device" and (k in ("dataset", "network", "method", "seed") or not redundant(k, v))}
 
     @property
     def run_id(self) -> str:

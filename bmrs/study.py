@@ -28,8 +28,8 @@ import pandas as pd
 
 from bmrs import experiments as ex
 
-SUMMARY_DIR = Path("results/summary")
-REFERENCE_DIR = Path("results/reference")
+SUMMARY_DIR = Path(os.environ.get("BMRS_SUMMARY_DIR", "results/summary"))
+REFERENCE_DIR = Path(os.environ.get("BMRS_REFERENCE_DIR", "results/reference"))
 _RUN_FIELDS = {f for f in ex.RunConfig.__dataclass_fields__} - {"dataset", "network", "method", "seed", "profile"}
 
 
@@ -103,12 +103,16 @@ def _row(cfg: ex.RunConfig, metrics: dict[str, Any], results_dir) -> dict[str, A
     actual = f.get("actual_param_compression_pct")
     if actual is None:
         actual = _actual_compression(cfg, results_dir)
+    train = cfg.train_config()
+    settings = {k: v for k, v in cfg.hashed_fields().items() if k not in ("dataset", "network", "method", "seed")}
     return {"dataset": cfg.dataset, "network": cfg.network, "method": cfg.method, "seed": cfg.seed,
+            "profile": cfg.profile, "train_epochs": train.epochs, "finetune_epochs": train.finetune_epochs,
+            "settings": repr(settings),
             "test_acc": f["test_acc"], "val_acc": f.get("val_acc"),
             "param_compression_pct": f.get("param_compression_pct"),
             "actual_param_compression_pct": actual,
             "structure_compression_pct": f.get("structure_compression_pct"),
-            "epochs": metrics["history"][-1]["epoch"] if metrics.get("history") else None,
+            "epochs_run": len(metrics.get("history") or []),
             "wall_seconds": metrics.get("wall_seconds"), "run_id": metrics.get("run_id")}
 
 
@@ -166,7 +170,8 @@ def unit_statistics(setting: dict[str, Any], method: str, seed: int, *, profile:
         df = delta_f_bmrs_n(mu, sigma, a=layer.a, b=layer.b)
         dfc = delta_f_bmrs_n(mu, sigma, a=layer.a, b=layer.b, include_2pi=False)
         for i in range(layer.num_units):
-            rows.append({"layer": name, "unit": i, "mu": float(mu[i]), "log_sigma": float(layer.log_sigma[i]),
+            rows.append({"dataset": cfg.dataset, "network": cfg.network, "method": cfg.method, "seed": seed,
+                         "layer": name, "unit": i, "mu": float(mu[i]), "log_sigma": float(layer.log_sigma[i].detach()),
                          "expected_theta": float(e[i]), "delta_f": float(df[i]), "delta_f_code": float(dfc[i]),
                          "kept": bool(layer.mask[i] > 0)})
     return pd.DataFrame(rows)

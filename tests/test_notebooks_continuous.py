@@ -164,8 +164,6 @@ def test_plot_p1_sweep():
     plt.close("all")
 
 
-@pytest.mark.xfail(strict=True, reason="library: RunConfig.validate rejects bmrs_u<p1> other than 8 and 4 "
-                                       "(valid_methods() lacks them), so study.p1_sweep fails for p1 = 16, 12, 6, 2, ...")
 def test_p1_sweep_accepts_any_p1():
     from bmrs import experiments as ex
 
