@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int)
     t.add_argument("--prune-every", type=int, default=1, help="pruning period P in epochs (0: never during training)")
     t.add_argument("--kl-reduction", choices=("mean", "sum"), default="mean")
+    t.add_argument("--noise-lr-scale", type=float, default=1.0,
+                   help="learning-rate multiplier for the noise parameters (the quick profile uses 10)")
     t.add_argument("--limit-train", type=int, help="use only this many training(+validation) examples")
     t.add_argument("--limit-test", type=int, help="use only this many test examples")
     t.add_argument("--pretrained", action="store_true", help="start from torchvision's ImageNet weights")
@@ -81,6 +83,7 @@ def _train(args: argparse.Namespace) -> int:
     cfg = RunConfig(dataset=args.dataset, network=args.network, method=args.method, seed=args.seed,
                     profile=args.profile, epochs=args.epochs, finetune_epochs=args.finetune_epochs, lr=args.lr,
                     batch_size=args.batch_size, prune_every=args.prune_every, kl_reduction=args.kl_reduction,
+                    noise_lr_scale=args.noise_lr_scale,
                     limit_train=args.limit_train, limit_test=args.limit_test, pretrained=args.pretrained,
                     keep_imagenet_head=args.keep_imagenet_head, image_size=args.image_size, device=args.device)
     out = run_dir(cfg, args.results_dir)

@@ -191,16 +191,26 @@ class MultiplicativeNoise(nn.Module):
     def expected_theta(self) -> Tensor:
         """E_q[θ] per unit (float64, spec 2.5), cached until mu or log_sigma change.
 
-        The cache is keyed on copies of the parameter values (a few thousand numbers at most), so every
-        kind of update — optimiser steps, load_state_dict, in-place edits, writes through ``.data`` —
-        invalidates it.
+        On the CPU the cache is keyed on copies of the parameter values (a few thousand numbers at most),
+        so every kind of update — optimiser steps, load_state_dict, in-place edits, writes through
+        ``.data`` — invalidates it. On accelerators it is keyed on version counters and storage pointers
+        (no synchronisation), which miss only in-place writes through ``.data``.
         """
         mu, log_sigma = self.mu.detach(), self.log_sigma.detach()
-        key = self._cache_key
-        if key is None or key[0].device != mu.device or not (torch.equal(key[0], mu) and torch.equal(key[1], log_sigma)):
+        if mu.device.type == "cpu":
+            key = self._cache_key
+            stale = key is None or not isinstance(key[0], Tensor) or not (
+                torch.equal(key[0], mu) and torch.equal(key[1], log_sigma))
+            new_key = (mu.clone(), log_sigma.clone())
+        else:
+            # On accelerators a value comparison would synchronise every forward; version counters and
+            # storage pointers catch everything except in-place writes through `.data`.
+            new_key = (self.mu._version, self.log_sigma._version, mu.data_ptr(), log_sigma.data_ptr(), mu.device)
+            stale = self._cache_key != new_key
+        if stale or self._cache is None:
             with torch.no_grad():
                 self._cache = dist._log_expected_theta(mu.double(), self.sigma.detach().double(), self.a, self.b).exp()
-            self._cache_key = (mu.clone(), log_sigma.clone())
+            self._cache_key = new_key
         return self._cache
 
     def forward(self, x: Tensor) -> Tensor:

@@ -18,7 +18,8 @@ METHOD_KEYS = {"None": "none", "L2": "l2", "E[theta]": "etheta", "SNR": "snr", "
 #: paper rank-correlation labels -> our criterion keys (Figures 3, 6, 7)
 RANK_KEYS = {"SNR": "snr", "E[theta]": "etheta", "L2": "l2", "BMRS_N": "bmrs_n", "BMRS_U-8": "bmrs_u8",
              "BMRS_U-4": "bmrs_u4"}
-NETWORK_KEYS = {"mlp": "mlp", "lenet5": "lenet5", "resnet50": "resnet50", "vit": "vit_b16"}
+NETWORK_KEYS = {"mlp": "mlp", "lenet5": "lenet5", "resnet50": "resnet50", "vit": "vit_b16",
+                "resnet50_pretrained": "resnet50", "vit_b16_pretrained": "vit_b16"}
 
 
 def _read(name: str) -> pd.DataFrame:
