@@ -1,0 +1,287 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 — Post-training pruning: accuracy vs compression (Figure 2) and rank correlations (Figures 3, 6, 7)
+#
+# **Protocol (spec 4.5).** Per setting and seed, one network is trained with noise layers and no masking
+# (the "base" run, shared with the post-hoc baselines of notebook 07 and the Table 1 runs of the same
+# setting). Every criterion is then applied to that same network: for each level λ (percent of units),
+# the weights are reloaded, the globally least important λ % of units are masked with one threshold
+# (BMRS never prunes a unit with ΔF < 0, so its sweep stops by itself), the network is fine-tuned for one
+# epoch (CE + KL, unshuffled, Adam state carried over) and its test accuracy and compression are
+# recorded whenever the compression changed. All of it is `bmrs.study.posttrain`; the figures and checks
+# are `bmrs.curves`.
+#
+# **What this notebook shows**
+#
+# 1. Figure 2 per setting — left: test accuracy against parameter compression (the paper's metric,
+#    spec 4.6, by default) for every criterion, the mean over seeds with ±1 std; the BMRS stopping points
+#    (largest stopping compression over seeds with that seed's accuracy; circle BMRS_N, square U-8, star
+#    U-4, hexagon for ΔF_N of Eq. 8) with a short black bar; a black × at each curve's knee. Right: each
+#    seed's BMRS end point, a 2-D KDE per variant and the SNR mean curve around them.
+# 2. Per setting: the BMRS stopping points, the knee of every curve and how far each stopping point is
+#    from the knee of the SNR curve, and the claim "BMRS stops near the knee" (spec 5, 6.4) checked.
+# 3. Figures 3/6/7: our Spearman matrix (mean over seeds) beside the paper's, their difference, and the
+#    claims "BMRS_N ranks like SNR; BMRS_U ranks poorly" (spec 6.6) checked.
+#
+# **Definitions** (details in the docstring of `bmrs.curves`).
+# *Averaging*: `averaging="interp"` (default) interpolates each seed's curve on the union of the seeds'
+# compression values without extrapolation and averages the seeds covering a point (at least 60 % of
+# them); `"index"` is the paper's index-wise average of padded curves. *Knee*: the point of maximum
+# distance above the chord between the curve's first and last points, both axes scaled to [0, 1]
+# (Kneedle without smoothing). *Near the knee*: the mean stopping point over seeds lies within
+# max(`knee_tolerance`, resolution / 2) percentage points of the SNR curve's knee, where the resolution
+# is the larger gap from the knee to its neighbouring curve points (the knee is located to ± half of it).
+#
+# **Deviations.** The quick profile uses 10 levels instead of 100, one seed and a few epochs (see
+# `configs/quick.yaml`); with one seed there is no spread, and the KDE needs at least three seeds. The
+# paper's BMRS_N is the released code's ΔF_N without 2π (`bmrs_n_code`, spec 2.7); Eq. 8 (`bmrs_n`) is drawn
+# beside it. The rank correlations are computed by the library over the six criteria of the paper's
+# matrices (its BMRS_N row uses ΔF_N of Eq. 8; the 2π shifts ΔF_N by the constant ½ log 2π ≈ 0.92, so both
+# variants rank the units identically and differ only in where they stop).
+# For datasets the paper did not use (digits in the smoke profile) the paper's MNIST matrix is shown.
+#
+# With `source="reference"` nothing is trained: the committed summaries `results/reference/posttrain.csv`
+# and `ranks.csv` are read instead.
+
+# %% tags=["parameters"]
+profile: str = "smoke"  # smoke | quick | paper (printed on every figure)
+figures_dir: str = "figures"  # where the figures are written (relative to the repository root)
+tables_dir: str = "results/tables"  # where the tables (Markdown + LaTeX) are written
+source: str = "run"  # run: run (or reuse) the studies; reference: read reference_dir/*.csv, train nothing
+reference_dir: str = "results/reference"  # committed summaries, read when source is reference
+summary_dir: str = "results/summary"  # summaries written when source is run: summary_dir/profile/name.csv
+runs_dir: str = "results/runs"  # run directories (reused when complete)
+seed: int = 0  # seeds numpy (plots only; the runs use `seeds`)
+torch_threads: int = 0  # torch.set_num_threads for the runs (0: leave torch's default)
+settings: list = [{"dataset": "digits", "network": "mlp", "epochs": 1, "finetune_epochs": 1, "limit_train": 300,
+                   "limit_test": 200, "batch_size": 32}]  # RunConfig fields (finetune_epochs unused here)
+seeds: list = [1000, 1001]  # training seeds (one base network per setting and seed)
+criteria: list = ["l2", "snr", "etheta", "bmrs_n", "bmrs_n_code", "bmrs_u8", "bmrs_u4"]
+levels: list = [0, 50, 90]  # percent of units to prune (the paper: 100 values in linspace(0, 100))
+x_metric: str = "param_compression_pct"  # or actual_param_compression_pct (physically shrunk network)
+averaging: str = "interp"  # interp (common compression grid) or index (the paper's padded index-wise mean)
+knee_reference: str = "snr"  # the trade-off curve whose knee the BMRS stopping points are compared with
+knee_tolerance: float = 5.0  # percentage points: a stopping point this close to the knee is "near" it
+rank_like_min: float = 0.6  # BMRS_N ranks like SNR when rho(BMRS_N, SNR) is at least this (paper: 0.67 to 0.95)
+rank_poor_max: float = 0.5  # BMRS_U ranks poorly when rho(BMRS_U-p, SNR) is at most this (paper: -0.71 to 0.47)
+
+# %%
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from IPython.display import Markdown, display
+
+from bmrs import curves as C
+from bmrs import study
+from bmrs.plots import save_figure
+
+t_start = time.perf_counter()
+np.random.seed(seed)
+if torch_threads > 0:
+    import numba
+
+    # numba's OpenMP threading layer (the parallel ΔF kernels) sets the process-wide OpenMP thread count to
+    # numba's own (the core count) when it starts, which silently undoes torch.set_num_threads (and two
+    # threads on a busy 2-core machine made the smoke runs ~30x slower). Starting numba's layer first, with
+    # the same count, then setting torch's keeps both at torch_threads.
+    numba.set_num_threads(min(torch_threads, numba.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(torch_threads)
+if source not in ("run", "reference"):
+    raise ValueError(f"source must be 'run' or 'reference'; got {source!r}")
+if x_metric not in C.X_LABELS:
+    raise ValueError(f"x_metric must be one of {', '.join(C.X_LABELS)}; got {x_metric!r}")
+# the study writes and reads its summaries under these roots (redirected in the tests)
+study.SUMMARY_DIR = Path(summary_dir)
+study.REFERENCE_DIR = Path(reference_dir)
+print(f"profile={profile} source={source} settings={len(settings)} seeds={seeds} levels={len(levels)} "
+      f"criteria={criteria} x={x_metric} averaging={averaging}")
+
+# %% [markdown]
+# ## Run (or read) the post-training studies
+
+# %%
+if source == "run":
+    raw_curves, ranks = study.posttrain(settings, seeds, criteria, levels, profile=profile, results_dir=runs_dir)
+    for name, frame in (("posttrain", raw_curves), ("ranks", ranks)):
+        print("wrote", study.save_summary(frame, name, profile))
+else:
+    raw_curves = study.load_summary("posttrain", profile, source="reference")
+    ranks = study.load_summary("ranks", profile, source="reference")
+    print(f"read {len(raw_curves)} curve records and {len(ranks)} rank correlations from {reference_dir}")
+curves = C.normalize_curves(raw_curves)
+SETTINGS = C.settings_of(curves)
+overview = (curves.groupby(["dataset", "network", "criterion"], sort=False)
+            .agg(seeds=("seed", "nunique"), points=("level", "size"), max_compression=(x_metric, "max"))
+            .reset_index())
+display(Markdown(C.markdown(overview)))
+
+# %% [markdown]
+# ## Figure 2: accuracy against compression, BMRS stopping points, per-seed end points
+#
+# Left: mean ± 1 std over seeds; the marker with the black bar is the largest stopping compression over
+# seeds with that seed's accuracy (the paper's marker); × marks each curve's knee (a BMRS curve ends at its
+# stopping point, so its own knee lies inside its range). Right: every seed's BMRS end point with a 2-D
+# KDE per variant (at least three seeds) and the SNR mean curve over [min − 5, max + 5] of the end points.
+
+# %%
+for dataset, network in SETTINGS:
+    fig = C.figure2(curves, dataset, network, x=x_metric, averaging=averaging)
+    suffix = "" if x_metric == "param_compression_pct" else "_actual"
+    paths = save_figure(fig, f"fig2_posttrain_{dataset}_{network}{suffix}", profile=profile, directory=figures_dir)
+    print("saved", *paths)
+    plt.show()
+    plt.close(fig)
+
+# %% [markdown]
+# ## Stopping points and knees
+#
+# For every BMRS variant: the mean ± std stopping point over seeds, the paper's marker (max over seeds),
+# and its distance to the knee of the SNR mean curve (`dx` = stop − knee, in percentage points of the
+# x metric); `SNR acc. at stop` is the SNR curve's accuracy at the stopping compression — a stopping
+# point above it lies above the trade-off curve. Then the knee of every criterion's mean curve.
+
+# %%
+stops = C.stops_vs_knee(curves, x=x_metric, reference=knee_reference, averaging=averaging,
+                        tolerance=knee_tolerance)
+knee_table = C.knees(curves, x=x_metric, averaging=averaging)
+for dataset, network in SETTINGS:
+    s = stops[(stops["dataset"] == dataset) & (stops["network"] == network)]
+    k = knee_table[(knee_table["dataset"] == dataset) & (knee_table["network"] == network)]
+    show = pd.DataFrame({
+        "variant": [C.label(c) for c in s["criterion"]],
+        "seeds": s["seeds"],
+        "stop comp. %": [f"{a:.1f} ± {b:.1f}" for a, b in zip(s["stop_x"], s["stop_x_std"])],
+        "stop acc. %": [f"{a:.2f} ± {b:.2f}" for a, b in zip(s["stop_acc"], s["stop_acc_std"])],
+        "marker (max over seeds)": [f"{a:.1f} % @ {b:.2f}" for a, b in zip(s["marker_x"], s["marker_acc"])],
+        f"{C.label(knee_reference)} knee": [f"{a:.1f} % @ {b:.2f}" if np.isfinite(a) else "undefined"
+                                             for a, b in zip(s["knee_x"], s["knee_acc"])],
+        "dx (pp)": [f"{v:+.1f}" if np.isfinite(v) else "n/a" for v in s["dx"]],
+        "allowed dx (pp)": [f"{v:.1f}" if np.isfinite(v) else "n/a" for v in s["allowed"]],
+        f"{C.label(knee_reference)} acc. at stop": [f"{v:.2f}" if np.isfinite(v) else "n/a" for v in s["ref_acc_at_stop"]],
+        "near knee": ["yes" if v else "no" for v in s["near"]],
+    })
+    kshow = pd.DataFrame({
+        "criterion": [C.label(c) for c in k["criterion"]],
+        "knee comp. %": [f"{v:.1f}" if d else "undefined" for v, d in zip(k["knee_x"], k["defined"])],
+        "knee acc. %": [f"{v:.2f}" if d else "—" for v, d in zip(k["knee_acc"], k["defined"])],
+        "distance above chord": [f"{v:.3f}" if d else "—" for v, d in zip(k["distance"], k["defined"])],
+        "resolution (pp)": [f"{v:.1f}" if d else "—" for v, d in zip(k["resolution"], k["defined"])],
+        "curve ends at %": [f"{v:.1f}" for v in k["curve_x_max"]],
+    })
+    print(f"\n{C.setting_label(dataset, network)}: BMRS stopping points ({C.X_LABELS[x_metric]})")
+    for r in s.itertuples():
+        knee_text = (f"the {C.label(knee_reference)} knee at {r.knee_x:.1f} % (acc. {r.knee_acc:.2f} %), dx {r.dx:+.1f} pp"
+                     if np.isfinite(r.knee_x) else f"the {C.label(knee_reference)} curve has no knee")
+        print(f"  {C.label(r.criterion)}: stops at {r.stop_x:.1f} % (acc. {r.stop_acc:.2f} %, mean of {r.seeds} seed(s)); "
+              f"{knee_text} -> {'near' if r.near else 'not near'} the knee")
+    display(Markdown(C.markdown(show)))
+    print(f"{C.setting_label(dataset, network)}: knee of each mean curve: " + ", ".join(
+        f"{C.label(r.criterion)} {r.knee_x:.1f} %" if r.defined else f"{C.label(r.criterion)} none" for r in k.itertuples()))
+    display(Markdown(C.markdown(kshow)))
+    C.write_table(show.set_index("variant"), f"posttrain_stops_{dataset}_{network}", profile=profile,
+                  directory=tables_dir, seeds=sorted(set(curves["seed"])), source=source,
+                  title=f"BMRS stopping points vs the {C.label(knee_reference)} knee, {C.setting_label(dataset, network)}")
+
+# %% [markdown]
+# ## Figures 3, 6, 7: rank correlations, ours beside the paper's
+#
+# Spearman correlation of the criteria's global unit rankings on the trained network (Pearson correlation
+# of the rank vectors, ties averaged), per seed, then averaged over seeds; rows and columns SNR, E[θ], L2,
+# BMRS_N, BMRS_U-8, BMRS_U-4. Right: our matrix minus the paper's, with the mean and largest absolute
+# difference over the 15 pairs, the share of pairs with the same sign and the correlation between the
+# two sets of entries.
+
+# %%
+rank_rows = []
+for dataset, network in (C.settings_of(ranks) if not ranks.empty else []):
+    ours = C.mean_rank_matrix(ranks, dataset, network)
+    theirs, caption = C.paper_rank_matrix(dataset, network)
+    n_seeds = int(ranks[(ranks["dataset"] == dataset) & (ranks["network"] == network)]["seed"].nunique())
+    fig = C.rank_figure(ours, theirs, dataset=dataset, network=network, seeds=n_seeds, paper_caption=caption)
+    paths = save_figure(fig, C.rank_figure_stem(dataset, network), profile=profile, directory=figures_dir)
+    print("saved", *paths)
+    plt.show()
+    plt.close(fig)
+    diff = C.rank_difference(ours, theirs) if theirs is not None else {}
+    ours_claims = C.rank_claims(ours, like_min=rank_like_min, poor_max=rank_poor_max)
+    paper_claims = C.rank_claims(theirs, like_min=rank_like_min, poor_max=rank_poor_max) if theirs is not None else {}
+    rank_rows.append({"dataset": dataset, "network": network, "seeds": n_seeds, **ours_claims,
+                      "paper_rho_n_snr": paper_claims.get("rho_n_snr"), "paper_rho_u8_snr": paper_claims.get("rho_u8_snr"),
+                      "paper_rho_u4_snr": paper_claims.get("rho_u4_snr"), **{f"diff_{k}": v for k, v in diff.items()}})
+RANK_COLUMNS = ["dataset", "network", "seeds", "rho_n_snr", "rho_u8_snr", "rho_u4_snr", "bmrs_n_like_snr",
+                "bmrs_u_ranks_poorly", "paper_rho_n_snr", "paper_rho_u8_snr", "paper_rho_u4_snr"]
+rank_summary = pd.DataFrame(rank_rows, columns=list(dict.fromkeys(RANK_COLUMNS + [k for r in rank_rows for k in r])))
+
+
+def _f(v) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.2f}"
+
+
+display(Markdown(C.markdown(pd.DataFrame({
+    "setting": [C.setting_label(d, n) for d, n in zip(rank_summary["dataset"], rank_summary["network"])],
+    "ρ(BMRS_N, SNR) ours / paper": [f"{_f(a)} / {_f(b)}" for a, b in zip(rank_summary["rho_n_snr"], rank_summary["paper_rho_n_snr"])],
+    "ρ(U-8, SNR) ours / paper": [f"{_f(a)} / {_f(b)}" for a, b in zip(rank_summary["rho_u8_snr"], rank_summary["paper_rho_u8_snr"])],
+    "ρ(U-4, SNR) ours / paper": [f"{_f(a)} / {_f(b)}" for a, b in zip(rank_summary["rho_u4_snr"], rank_summary["paper_rho_u4_snr"])],
+    "mean |ours − paper|": [_f(v) for v in rank_summary.get("diff_mean_abs_diff", [None] * len(rank_summary))],
+    "max |ours − paper| (pair)": [f"{_f(v)} ({w})" for v, w in zip(rank_summary.get("diff_max_abs_diff", [None] * len(rank_summary)),
+                                                                  rank_summary.get("diff_max_at", [""] * len(rank_summary)))],
+}))))
+
+# %% [markdown]
+# ## The claims, on our numbers
+#
+# * Spec 5 / claim 6.4: "BMRS stops near the knee of the trade-off curve in every setting, except BMRS_U-4,
+#   which does so in 4 of 6" (the caption: BMRS_N and BMRS_U-8 consistently). Checked per variant: near
+#   the SNR knee (definition above) in every setting; for U-4, in at least two thirds of the settings.
+# * Claim 6.6: "BMRS_N ranks neurons much like SNR (Spearman 0.67–0.95) … BMRS_U ranks poorly". Checked per
+#   setting with the thresholds `rank_like_min` and `rank_poor_max`.
+# * Spec 5 also says the BMRS point density lies near the optimum except for MLP on MNIST; that is a
+#   visual statement about the right panels and is not tested here.
+
+# %%
+claims = []
+n_settings = len(SETTINGS)
+for c in [c for c in ("bmrs_n_code", "bmrs_n", "bmrs_u8", "bmrs_u4") if c in set(stops["criterion"])]:
+    s = stops[stops["criterion"] == c]
+    near = int(s["near"].sum())
+    tested = int(s["knee_x"].notna().sum())
+    need = n_settings if c != "bmrs_u4" else int(np.ceil(2 * n_settings / 3))
+    ok = None if tested == 0 else bool(near >= need)
+    where = ", ".join(f"{C.setting_label(d, n)}: dx {dx:+.1f} pp" for d, n, dx in zip(s["dataset"], s["network"], s["dx"]))
+    claims.append({"claim": f"{C.label(c)} stops near the knee of the {C.label(knee_reference)} curve "
+                            f"({'≥ 2/3 of' if c == 'bmrs_u4' else 'all'} settings)",
+                   "ours": f"near in {near} of {n_settings} ({where})", "verdict": C.verdict(ok)})
+for key, text in (("bmrs_n_like_snr", f"BMRS_N ranks like SNR (ρ ≥ {rank_like_min})"),
+                  ("bmrs_u_ranks_poorly", f"BMRS_U ranks poorly (ρ(U, SNR) ≤ {rank_poor_max} and below ρ(BMRS_N, SNR))")):
+    values = [v for v in rank_summary.get(key, []) if v is not None]
+    ok = None if not values else bool(all(values))
+    detail = ", ".join(f"{C.setting_label(d, n)}: ρ_N {_f(a)}, ρ_U8 {_f(b)}, ρ_U4 {_f(e)}"
+                       for d, n, a, b, e in zip(rank_summary["dataset"], rank_summary["network"], rank_summary["rho_n_snr"],
+                                                 rank_summary["rho_u8_snr"], rank_summary["rho_u4_snr"]))
+    claims.append({"claim": text, "ours": f"holds in {sum(values)} of {len(values)} setting(s) ({detail})",
+                   "verdict": C.verdict(ok)})
+claims.append({"claim": "BMRS point density near the optimum (except MLP MNIST)", "ours": "visual; see the right panels",
+               "verdict": "not tested"})
+claims_df = pd.DataFrame(claims)
+display(Markdown(C.markdown(claims_df)))
+for row in claims:
+    print(f"[{row['verdict']}] {row['claim']}: {row['ours']}")
+C.write_table(claims_df.set_index("claim"), "posttrain_claims", profile=profile, directory=tables_dir,
+              seeds=sorted(set(curves["seed"])), source=source, title="Post-training claims (spec 5, 6) on our numbers")
+print(f"done in {time.perf_counter() - t_start:.1f} s (profile {profile}, source {source})")
