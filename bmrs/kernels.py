@@ -16,8 +16,16 @@ from __future__ import annotations
 
 import math
 
+import os
+
 import numba
 import numpy as np
+
+# Numba's OpenMP threading layer shares the OpenMP runtime with torch: its first parallel launch would
+# reset torch's thread count (torch.set_num_threads) to the number of cores. Numba's own work queue
+# leaves torch alone. A user's explicit NUMBA_THREADING_LAYER wins.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 _SQRT2 = math.sqrt(2.0)
 _LOG2 = math.log(2.0)

@@ -432,3 +432,16 @@ def test_reduced_support_respects_custom_bounds():
     Rd.delta_f_bmrs_u(torch.zeros(1), torch.ones(1), a=-12.0, b=1.0, p1=2, p2=14)
     with pytest.raises(ValueError, match=r"must lie inside \[a, b\] = \[-12.0, 1.0\]"):
         Rd.delta_f_bmrs_u(torch.zeros(1), torch.ones(1), a=-12.0, b=1.0, p1=2, p2=18)
+
+
+def test_the_parallel_delta_f_kernels_leave_torchs_thread_count_alone():
+    """Numba's OpenMP layer would reset torch.set_num_threads on its first parallel launch."""
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(1); x = torch.randn(300, 300); x @ x\n"
+            "from bmrs.reduction import delta_f_bmrs_n, delta_f_bmrs_u\n"
+            "delta_f_bmrs_n(torch.zeros(5), torch.ones(5)); delta_f_bmrs_u(torch.zeros(5), torch.ones(5))\n"
+            "print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "1"
