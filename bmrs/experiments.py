@@ -329,56 +329,62 @@ def config_from_dir(path: Path | str) -> RunConfig:
 # --------------------------------------------------------------------------------------------------
 
 POSTTRAIN_CRITERIA = ("l2", "snr", "etheta", "bmrs_n", "bmrs_u8", "bmrs_u4")
+PAPER_LEVELS = tuple(float(x) for x in torch.linspace(0, 100, 100).tolist())
 
 
-@dataclass(frozen=True)
-class PostTrainConfig:
-    """A post-training study: train one network with noise layers and no masking, then for every
-    criterion prune it to each level (percent of units, one global threshold), fine-tune one epoch
-    and record test accuracy and compression (spec 4.5). The paper uses 100 levels in [0, 100]."""
-
-    dataset: str
-    network: str
-    seed: int = 1000
-    profile: str = "paper"
-    epochs: int | None = None
-    lr: float | None = None
-    batch_size: int | None = None
-    limit_train: int | None = None
-    limit_test: int | None = None
-    noise_lr_scale: float = 1.0
-    levels: tuple[float, ...] = tuple(float(x) for x in torch.linspace(0, 100, 100).tolist())
-    criteria: tuple[str, ...] = POSTTRAIN_CRITERIA
-    finetune_epochs_per_level: int = 1
-    device: str = field(default="auto", compare=False)
-
-    def base(self) -> RunConfig:
-        """The base model's run (shared with the post-hoc methods of the same setting and seed)."""
-        return base_config(RunConfig(dataset=self.dataset, network=self.network, method="base", seed=self.seed,
-                                     profile=self.profile, epochs=self.epochs, lr=self.lr,
-                                     batch_size=self.batch_size, limit_train=self.limit_train,
-                                     limit_test=self.limit_test, noise_lr_scale=self.noise_lr_scale,
-                                     device=self.device))
-
-    @property
-    def run_id(self) -> str:
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        d = {k: v for k, v in dataclasses.asdict(self).items()
-             if k != "device" and (k in ("dataset", "network", "seed") or v != defaults[k])}
-        return "post-" + hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+def _sweep_path(base: RunConfig, criterion: str, levels: tuple[float, ...], finetune_epochs: int,
+                results_dir: Path | str | None) -> Path:
+    key = hashlib.sha256(json.dumps({"levels": list(levels), "finetune_epochs": finetune_epochs}).encode()).hexdigest()[:12]
+    return run_dir(base, results_dir) / "sweeps" / f"{criterion}-{key}.json"
 
 
-def _train_base(cfg: PostTrainConfig, results_dir: Path | str | None, log) -> tuple[nn.Module, dict, Any, TrainConfig]:
-    """Run (or reuse) the base network and return it with its weights, data and training settings."""
+def run_posttrain(base: RunConfig, criteria: tuple[str, ...] = POSTTRAIN_CRITERIA,
+                  levels: tuple[float, ...] = PAPER_LEVELS, *, finetune_epochs_per_level: int = 1,
+                  results_dir: Path | str | None = None, log=print) -> dict[str, Any]:
+    """A post-training study on the base network of `base` (spec 4.5): for every criterion, prune the
+    trained network to each level (percent of units, one global threshold; BMRS stops where ΔF < 0),
+    fine-tune `finetune_epochs_per_level` epochs and record test accuracy and compression.
+
+    Each criterion's sweep is stored under the base run's directory (``sweeps/<criterion>-<key>.json``,
+    key = levels and fine-tuning epochs) as soon as it finishes, so every study that prunes the same
+    base network with the same levels shares it, and an interrupted study resumes at the next criterion.
+    Returns {"curves": {criterion: [records]}, "ranks": {row: {col: spearman}}, "base": base metrics}.
+    """
     from bmrs import data as data_mod
+    from bmrs.train import post_training_sweep
 
-    base = cfg.base()
-    run(base, results_dir=results_dir, log=log)
-    bundle = data_mod.load(base.dataset, network=_family(base.network), seed=base.seed,
-                           limit_train=base.limit_train, limit_test=base.limit_test)
+    base = base_config(base)
+    levels = tuple(float(x) for x in levels)
+    base_metrics = run(base, results_dir=results_dir, log=log)
+    bundle = data_mod.load(base.dataset, network=_family(base.network), seed=base.seed, val_fraction=base.val_fraction,
+                           limit_train=base.limit_train, limit_test=base.limit_test, image_size=base.image_size)
     model = load_model(base, results_dir)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return model, state, bundle, base.train_config()
+    tcfg = base.train_config()
+    device = pick_device(base.device)
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for name in criteria:
+        path = _sweep_path(base, name, levels, finetune_epochs_per_level, results_dir)
+        if path.exists():
+            curves[name] = _read_json(path)["records"]
+            continue
+        model.load_state_dict(state)
+        if name == "eigendamage":
+            from bmrs.baselines.protocol import eigendamage_sweep
+
+            records = eigendamage_sweep(model, state, bundle, list(levels), tcfg, seed=base.seed, device=device,
+                                        finetune_epochs=finetune_epochs_per_level)
+        else:
+            records = post_training_sweep(model, state, bundle, crit.make_criterion(name), list(levels), tcfg,
+                                          seed=base.seed, device=device, finetune_epochs=finetune_epochs_per_level)
+        write_json_atomic(path, {"criterion": name, "levels": list(levels),
+                                 "finetune_epochs": finetune_epochs_per_level, "records": records})
+        curves[name] = records
+        log(f"post-training sweep {name}: {len(records)} points")
+    model.load_state_dict(state)
+    ranked = [n for n in criteria if n in POSTTRAIN_CRITERIA + ("bmrs_n_code",)]
+    return {"curves": curves, "ranks": rank_correlations(model, ranked), "base": base_metrics,
+            "run_id": base.run_id}
 
 
 def rank_correlations(model: nn.Module, names: list[str]) -> dict[str, dict[str, float]]:
@@ -389,53 +395,8 @@ def rank_correlations(model: nn.Module, names: list[str]) -> dict[str, dict[str,
 
     ranks = {}
     for name in names:
-        c = criterion_for(name)
+        c = crit.make_criterion(name)
         scores = c.scores(model)
         imp = torch.cat([c.importance(s) for s in scores.values()]).numpy()
         ranks[name] = rankdata(imp)
     return {a: {b: float(np.corrcoef(ranks[a], ranks[b])[0, 1]) for b in names} for a in names}
-
-
-def run_posttrain(cfg: PostTrainConfig, *, results_dir: Path | str | None = None, log=print) -> dict[str, Any]:
-    """Run (or reuse) a post-training study; returns {"curves": {criterion: [records]}, "ranks": ...}.
-
-    Each criterion's sweep is stored on its own (``sweep_<criterion>.json``) as soon as it finishes,
-    so an interrupted study resumes at the next criterion.
-    """
-    from bmrs.train import post_training_sweep
-
-    out = Path(results_dir or RESULTS_DIR) / cfg.run_id
-    final_path = out / "posttrain.json"
-    if final_path.exists():
-        return _read_json(final_path)
-    write_json_atomic(out / "config.json", {"posttrain": {k: v for k, v in dataclasses.asdict(cfg).items()
-                                                          if k != "device"}, "run_id": cfg.run_id})
-    t0 = time.perf_counter()
-    model, state, bundle, tcfg = _train_base(cfg, results_dir, log)
-    device = pick_device(cfg.device)
-    curves: dict[str, list[dict[str, Any]]] = {}
-    for name in cfg.criteria:
-        path = out / f"sweep_{name}.json"
-        if path.exists():
-            curves[name] = _read_json(path)["records"]
-            continue
-        model.load_state_dict(state)
-        if name == "eigendamage":
-            from bmrs.baselines.protocol import eigendamage_sweep
-
-            records = eigendamage_sweep(model, state, bundle, list(cfg.levels), tcfg, seed=cfg.seed, device=device,
-                                        finetune_epochs=cfg.finetune_epochs_per_level)
-        else:
-            records = post_training_sweep(model, state, bundle, crit.make_criterion(name), list(cfg.levels), tcfg,
-                                          seed=cfg.seed, device=device, finetune_epochs=cfg.finetune_epochs_per_level)
-        write_json_atomic(path, {"criterion": name, "records": records})
-        curves[name] = records
-        log(f"post-training sweep {name}: {len(records)} points")
-    model.load_state_dict(state)
-    ranked = [n for n in cfg.criteria if n in POSTTRAIN_CRITERIA]
-    result = {"curves": curves, "ranks": rank_correlations(model, ranked), "run_id": cfg.run_id,
-              "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "device"},
-              "base": load_metrics(cfg.base(), results_dir),
-              "wall_seconds": time.perf_counter() - t0, "environment": _environment()}
-    write_json_atomic(final_path, result)
-    return result

@@ -33,18 +33,19 @@ REFERENCE_DIR = Path(os.environ.get("BMRS_REFERENCE_DIR", "results/reference"))
 _RUN_FIELDS = {f for f in ex.RunConfig.__dataclass_fields__} - {"dataset", "network", "method", "seed", "profile"}
 
 
-def summary_path(name: str, profile: str, source: str = "run") -> Path:
-    """Where a summary CSV lives: results/summary/<profile>/<name>.csv, or results/reference/<name>.csv."""
+def summary_path(name: str, profile: str, source: str = "run", directory: Path | str | None = None) -> Path:
+    """Where a summary CSV lives: <directory or results/summary>/<profile>/<name>.csv for source "run",
+    <directory or results/reference>/<name>.csv for source "reference"."""
     if source == "reference":
-        return REFERENCE_DIR / f"{name}.csv"
+        return Path(directory or REFERENCE_DIR) / f"{name}.csv"
     if source != "run":
         raise ValueError(f"source must be 'run' or 'reference'; got {source!r}")
-    return SUMMARY_DIR / profile / f"{name}.csv"
+    return Path(directory or SUMMARY_DIR) / profile / f"{name}.csv"
 
 
-def save_summary(df: pd.DataFrame, name: str, profile: str) -> Path:
+def save_summary(df: pd.DataFrame, name: str, profile: str, directory: Path | str | None = None) -> Path:
     """Write a summary atomically (temp file + rename)."""
-    path = summary_path(name, profile)
+    path = summary_path(name, profile, directory=directory)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     df.to_csv(tmp, index=False)
@@ -52,9 +53,9 @@ def save_summary(df: pd.DataFrame, name: str, profile: str) -> Path:
     return path
 
 
-def load_summary(name: str, profile: str, source: str = "run") -> pd.DataFrame:
+def load_summary(name: str, profile: str, source: str = "run", directory: Path | str | None = None) -> pd.DataFrame:
     """Read a summary; a missing file raises FileNotFoundError saying how to produce it."""
-    path = summary_path(name, profile, source)
+    path = summary_path(name, profile, source, directory)
     if not path.exists():
         hint = ("commit the quick profile's summaries with `python -m bmrs.study publish`" if source == "reference"
                 else f"run the notebook that produces it (./run_all.sh --profile {profile})")
@@ -135,20 +136,17 @@ def posttrain(settings: Iterable[dict[str, Any]], seeds: Iterable[int], criteria
     for setting in settings:
         for seed in seeds:
             base = _run_config(setting, "base", seed, profile)
-            cfg = ex.PostTrainConfig(dataset=base.dataset, network=base.network, seed=seed, profile=profile,
-                                     epochs=base.epochs, lr=base.lr, batch_size=base.batch_size,
-                                     limit_train=base.limit_train, limit_test=base.limit_test,
-                                     noise_lr_scale=base.noise_lr_scale, levels=tuple(float(x) for x in levels),
-                                     criteria=tuple(criteria))
-            log(f"[post-training] {cfg.network} / {cfg.dataset} / seed {seed}: {len(cfg.levels)} levels x "
-                f"{len(cfg.criteria)} criteria")
-            result = ex.run_posttrain(cfg, results_dir=results_dir, log=log)
+            log(f"[post-training] {base.network} / {base.dataset} / seed {seed}: {len(list(levels))} levels x "
+                f"{len(list(criteria))} criteria")
+            result = ex.run_posttrain(base, tuple(criteria), tuple(float(x) for x in levels),
+                                      results_dir=results_dir, log=log)
             for name, records in result["curves"].items():
                 for r in records:
-                    curves.append({"dataset": cfg.dataset, "network": cfg.network, "seed": seed, "criterion": name, **r})
+                    curves.append({"dataset": base.dataset, "network": base.network, "seed": seed, **r,
+                                   "criterion_name": r["criterion"], "criterion": name})
             for row, cols in result["ranks"].items():
                 for col, value in cols.items():
-                    ranks.append({"dataset": cfg.dataset, "network": cfg.network, "seed": seed, "row": row,
+                    ranks.append({"dataset": base.dataset, "network": base.network, "seed": seed, "row": row,
                                   "col": col, "spearman": value})
     return pd.DataFrame(curves), pd.DataFrame(ranks)
 
