@@ -49,8 +49,6 @@ TABLE_NETWORKS: dict[str, tuple[str, ...]] = {
     "table1": ("mlp", "lenet5"),
     "table2": ("resnet50", "vit_b16", "resnet18", "vit_tiny"),
 }
-#: Our network key -> the paper's network key in its results CSV (the Table 2 networks are pretrained).
-PAPER_NETWORK = {"mlp": "mlp", "lenet5": "lenet5", "resnet50": "resnet50_pretrained", "vit_b16": "vit_b16_pretrained"}
 NETWORK_LABELS = {"mlp": "MLP", "lenet5": "LeNet5", "resnet50": "Res50-Pretrained", "vit_b16": "Vision Transformer",
                   "resnet18": "ResNet-18 (not in the paper)", "vit_tiny": "tiny ViT (not in the paper)"}
 DATASET_LABELS = {"mnist": "MNIST", "fashion_mnist": "F-MNIST", "cifar10": "CIFAR10", "tiny_imagenet": "TinyImagenet",
@@ -110,7 +108,7 @@ def paper_cell(table: str, network: str, dataset: str, method: str, metric: str)
     """The paper's 'mean ± std' for one cell, or '—' if the paper does not report it."""
     if method not in PAPER_METHODS:
         return NOT_REPORTED
-    value = paper.table_value(table, PAPER_NETWORK.get(network, network), dataset, method, metric)
+    value = paper.table_value(table, network, dataset, method, metric)
     if value is None:
         return NOT_REPORTED
     return format_mean_std(*value)
@@ -120,7 +118,7 @@ def paper_mean(table: str, network: str, dataset: str, method: str, metric: str)
     """The paper's mean for one cell (None if not reported)."""
     if method not in PAPER_METHODS:
         return None
-    value = paper.table_value(table, PAPER_NETWORK.get(network, network), dataset, method, metric)
+    value = paper.table_value(table, network, dataset, method, metric)
     return None if value is None else value[0]
 
 
