@@ -55,6 +55,25 @@
 # With `source="reference"` nothing is trained: the committed summaries `results/reference/posttrain.csv`
 # and `ranks.csv` are read instead.
 
+# %%
+# Colab: install the companion into the runtime (Colab's own torch is kept). Elsewhere this does nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    import importlib.util
+    import pathlib
+    import subprocess
+
+    if importlib.util.find_spec("bmrs") is None:
+        _repo = next((p for p in (pathlib.Path.cwd(), *pathlib.Path.cwd().parents) if (p / "pyproject.toml").exists()),
+                     None)
+        if _repo is None:
+            raise RuntimeError("clone the companion's repository first (git clone <its URL>), then open this "
+                               "notebook from its notebooks/ folder")
+        subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", str(_repo)])
+        subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "numba", "mlxtend", "papermill",
+                               "jupytext", "seaborn", "tabulate"])
+
 # %% tags=["parameters"]
 profile: str = "smoke"  # smoke | quick | paper (printed on every figure)
 figures_dir: str = "figures"  # where the figures are written (relative to the repository root)
