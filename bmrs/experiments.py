@@ -382,8 +382,9 @@ def run_posttrain(base: RunConfig, criteria: tuple[str, ...] = POSTTRAIN_CRITERI
         curves[name] = records
         log(f"post-training sweep {name}: {len(records)} points")
     model.load_state_dict(state)
-    ranked = [n for n in criteria if n in POSTTRAIN_CRITERIA + ("bmrs_n_code",)]
-    return {"curves": curves, "ranks": rank_correlations(model, ranked), "base": base_metrics,
+    # Rankings need only scores, so they are computed for the paper's six criteria whatever was swept
+    # (BMRS_N's two ΔF variants differ by a constant and rank identically).
+    return {"curves": curves, "ranks": rank_correlations(model, list(POSTTRAIN_CRITERIA)), "base": base_metrics,
             "run_id": base.run_id}
 
 
