@@ -35,12 +35,16 @@ def _default_file_mode() -> int:
 
 
 def stamp_profile(fig: Figure, profile: str) -> None:
-    """Write "profile: <name>" in small grey text in the lower-right corner of the figure (idempotent)."""
+    """Write "profile: <name>" in small grey text at the lower right, just below everything already drawn
+    (so it never covers an axis label; the tight bounding box of :func:`save_figure` takes it in).
+    Idempotent: an earlier stamp is replaced."""
     for text in list(fig.texts):
         if text.get_gid() == PROFILE_STAMP_GID:
             text.remove()
-    fig.text(0.995, 0.005, f"profile: {profile}", ha="right", va="bottom", fontsize=6, color="0.45",
-             gid=PROFILE_STAMP_GID)
+    bbox = fig.get_tightbbox(fig.canvas.get_renderer())  # inches
+    width, height = fig.get_size_inches()
+    fig.text(bbox.x1 / width, bbox.y0 / height - 0.004, f"profile: {profile}", ha="right", va="top", fontsize=6,
+             color="0.45", gid=PROFILE_STAMP_GID)
 
 
 def save_figure(fig: Figure, stem: str, *, profile: str, directory: str | os.PathLike[str] = "figures") -> list[Path]:

@@ -305,6 +305,10 @@ def test_save_figure_is_deterministic_and_stamped(tmp_path):
     save_figure(fig, "priors", profile="smoke", directory=tmp_path / "a")  # saving twice keeps one stamp
     stamps = [t for t in fig.texts if t.get_gid() == PROFILE_STAMP_GID]
     assert len(stamps) == 1 and stamps[0].get_text() == "profile: smoke"
+    renderer = fig.canvas.get_renderer()
+    stamp_box = stamps[0].get_window_extent(renderer)
+    for ax in fig.axes:  # below every axis with its labels: it never covers an x label
+        assert stamp_box.y1 <= ax.get_tightbbox(renderer).y0 + 1e-6
     plt.close(fig)
     fig = draw()
     second = save_figure(fig, "priors", profile="smoke", directory=tmp_path / "b")
