@@ -55,7 +55,6 @@ stated thread count.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -66,6 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bmrs.atomic import atomic_path, write_json
 from bmrs.models import Classifier, InputSpec, NoisyAttention, TorchvisionClassifier
 from bmrs.noise import MultiplicativeNoise, noise_layers
 
@@ -688,20 +688,6 @@ def shrink(model: nn.Module) -> nn.Module:
     return build(spec, state)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2)))
-
-
 def save_compact(model: nn.Module, directory: Path | str) -> Path:
     """Write `model` (returned by :func:`shrink` or :func:`load_compact`) to directory/{state_dict.pt,
     architecture.json}, each atomically (temporary file + os.replace). The state_dict holds tensors only
@@ -713,8 +699,9 @@ def save_compact(model: nn.Module, directory: Path | str) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(directory / "state_dict.pt", lambda p: torch.save(state, p))
-    write_json_atomic(directory / "architecture.json", spec)
+    with atomic_path(directory / "state_dict.pt") as tmp:
+        torch.save(state, tmp)
+    write_json(directory / "architecture.json", spec)
     return directory
 
 
@@ -946,5 +933,5 @@ def compact_run(run_dir: Path | str, *, threads: int = 1, repeats: int = 50) -> 
     result["architecture"] = {"family": shrunk.compact_architecture["family"]}
     out = run_dir / "compact"
     save_compact(shrunk, out)
-    write_json_atomic(out / "report.json", result)
+    write_json(out / "report.json", result)
     return result

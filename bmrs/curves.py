@@ -54,7 +54,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,6 +64,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from bmrs.atomic import write_text
 from bmrs.experiments import METHOD_LABELS
 
 # --------------------------------------------------------------------------------------------------
@@ -816,21 +816,6 @@ def baselines_table(df: pd.DataFrame, methods: Sequence[str] = BASELINE_TABLE_ME
 # Tables on disk
 # --------------------------------------------------------------------------------------------------
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_table(df: pd.DataFrame, stem: str, *, profile: str, directory: str | os.PathLike[str] = "results/tables",
                 title: str | None = None, seeds: Sequence[int] | None = None, epochs: str | None = None,
                 source: str | None = None) -> list[Path]:
@@ -859,8 +844,8 @@ def write_table(df: pd.DataFrame, stem: str, *, profile: str, directory: str | o
     flat = df.reset_index() if not isinstance(df.index, pd.RangeIndex) else df
     out = Path(directory)
     md, tex = out / f"{stem}.md", out / f"{stem}.tex"
-    _atomic_write(md, f"**{caption}**\n\n{tabulate(flat, headers='keys', tablefmt='github', showindex=False)}\n")
-    _atomic_write(tex, flat.to_latex(index=False, caption=caption.replace("%", r"\%"), escape=True))
+    write_text(md, f"**{caption}**\n\n{tabulate(flat, headers='keys', tablefmt='github', showindex=False)}\n")
+    write_text(tex, flat.to_latex(index=False, caption=caption.replace("%", r"\%"), escape=True))
     return [md, tex]
 
 

@@ -66,7 +66,6 @@ import logging
 import math
 import os
 import pickle
-import tempfile
 import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -79,6 +78,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from bmrs.atomic import atomic_path
 from bmrs.models import InputSpec
 
 __all__ = [
@@ -671,19 +671,11 @@ def _cache_write(path: Path, arrays: _Arrays, info: DatasetInfo, family: str) ->
     blob = {"format": _CACHE_FORMAT, "name": info.name, "family": family, "source": arrays.source,
             "train_x": arrays.train_x.contiguous(), "train_y": arrays.train_y,
             "test_x": arrays.test_x.contiguous(), "test_y": arrays.test_y}
-    tmp: str | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            torch.save(blob, f)
-        os.replace(tmp, path)
-        tmp = None
+        with atomic_path(path) as tmp:
+            torch.save(blob, tmp)
     except OSError as err:
         warnings.warn(f"could not write the data cache {path}: {err}", RuntimeWarning, stacklevel=3)
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _arrays(info: DatasetInfo, family: str, root: Path, allow_download: bool, use_cache: bool) -> _Arrays:

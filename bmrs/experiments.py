@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bmrs import atomic
 from bmrs import criteria as crit
 from bmrs import models
 from bmrs.train import PruningPlan, TrainConfig, Trainer, pick_device
@@ -220,10 +220,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default))
-    os.replace(tmp, path)
+    """Write a run's JSON (sorted keys; tensors and paths serialised) atomically (bmrs.atomic)."""
+    atomic.write_json(path, obj, sort_keys=True, default=_json_default)
 
 
 def _json_default(obj: Any) -> Any:
@@ -299,9 +297,8 @@ def _baseline_module(method: str):
 
 
 def _save_model(model: nn.Module, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
+    with atomic.atomic_path(path) as tmp:
+        torch.save(model.state_dict(), tmp)
 
 
 def load_model(cfg: RunConfig, results_dir: Path | str | None = None) -> nn.Module:

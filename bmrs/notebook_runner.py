@@ -41,13 +41,14 @@ import os
 import platform
 import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
+
+from bmrs import atomic
 
 #: The repository root: the directory that holds the ``bmrs`` package (editable install).
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -312,27 +313,6 @@ def is_up_to_date(executed: Path, stamp: dict[str, Any]) -> bool:
     return True
 
 
-def _default_file_mode() -> int:
-    """0o666 minus the process umask: the mode open() would have given a new file."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to path through a temporary file in the same directory and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, _default_file_mode())  # mkstemp creates 0600; give the usual umask-based mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # --------------------------------------------------------------------------------------------------
 # Execution
 # --------------------------------------------------------------------------------------------------
@@ -359,7 +339,7 @@ def convert_notebook(source: Path, target: Path) -> None:
     nb = jupytext.read(source, fmt="py:percent")
     nb.metadata["kernelspec"] = {"name": KERNEL_NAME, "display_name": "Python 3", "language": "python"}
     nb.metadata.setdefault("language_info", {"name": "python"})
-    atomic_write_text(target, jupytext.writes(nb, fmt="ipynb"))
+    atomic.write_text(target, jupytext.writes(nb, fmt="ipynb"))
 
 
 def _cell_location(source: Path, cell_source: str) -> str:
@@ -557,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             elapsed = time.perf_counter() - start
             outputs = collect_outputs(figures_directory(stamp["parameters"], paths.root), start_ns)
             record = {**stamp, "seconds": round(elapsed, 2), "outputs": outputs}
-            atomic_write_text(stamp_path(executed), json.dumps(record, indent=2) + "\n")
+            atomic.write_text(stamp_path(executed), json.dumps(record, indent=2) + "\n")
             print(f"{header} done in {_format_seconds(elapsed)} -> {executed}", flush=True)
     finally:
         if old_backend is None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -17,6 +16,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from bmrs.atomic import atomic_path
 from bmrs.distributions import DEFAULT_A, DEFAULT_B, log_normalizer
 
 #: Raster resolution of every PNG the project writes.
@@ -26,12 +26,6 @@ PROFILE_STAMP_GID = "bmrs-profile-stamp"
 PNG_METADATA: dict[str, str | None] = {"Software": None}
 PDF_METADATA: dict[str, str | None] = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}
 
-
-def _default_file_mode() -> int:
-    """0o666 minus the process umask: the mode open() would have given a new file."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def stamp_profile(fig: Figure, profile: str) -> None:
@@ -66,15 +60,8 @@ def save_figure(fig: Figure, stem: str, *, profile: str, directory: str | os.Pat
     written: list[Path] = []
     for fmt, metadata in (("png", PNG_METADATA), ("pdf", PDF_METADATA)):
         target = out_dir / f"{stem}.{fmt}"
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{stem}.", suffix=f".{fmt}.tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                fig.savefig(f, format=fmt, dpi=FIGURE_DPI, metadata=metadata, bbox_inches="tight", pad_inches=0.05)
-            os.chmod(tmp, _default_file_mode())  # mkstemp creates 0600; give the usual umask-based mode
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=FIGURE_DPI, metadata=metadata, bbox_inches="tight", pad_inches=0.05)
         written.append(target)
     return written
 

@@ -27,6 +27,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from bmrs import experiments as ex
+from bmrs.atomic import atomic_path
 
 SUMMARY_DIR = Path(os.environ.get("BMRS_SUMMARY_DIR", "results/summary"))
 REFERENCE_DIR = Path(os.environ.get("BMRS_REFERENCE_DIR", "results/reference"))
@@ -46,10 +47,8 @@ def summary_path(name: str, profile: str, source: str = "run", directory: Path |
 def save_summary(df: pd.DataFrame, name: str, profile: str, directory: Path | str | None = None) -> Path:
     """Write a summary atomically (temp file + rename)."""
     path = summary_path(name, profile, directory=directory)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
     return path
 
 
@@ -186,9 +185,8 @@ def publish_reference(profile: str = "quick", names: Iterable[str] | None = None
         if names is not None and path.stem not in set(names):
             continue
         target = REFERENCE_DIR / path.name
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_bytes(path.read_bytes())
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(path.read_bytes())
         out.append(target)
     return out
 

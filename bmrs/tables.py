@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from bmrs import paper
+from bmrs.atomic import write_text
 from bmrs.experiments import METHOD_LABELS
 
 #: The rows of Tables 1 and 2 in the paper's order, as our method keys. The paper's "BMRS_N" is the
@@ -577,21 +577,6 @@ def to_latex(df: pd.DataFrame, caption: str) -> str:
     return _latex_text(body)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def caption_for(df: pd.DataFrame, *, profile: str, seeds: Sequence[int] | None = None, epochs: str | None = None,
                 title: str | None = None, source: str | None = None) -> str:
     """'<title>. Profile: quick; seeds: 1000; epochs: ...[; numbers from ...]. <notes>' (values from df.attrs
@@ -624,6 +609,6 @@ def write_table(df: pd.DataFrame, stem: str, *, profile: str, directory: str | o
     out = Path(directory)
     md = out / f"{stem}.md"
     tex = out / f"{stem}.tex"
-    _atomic_write(md, f"**{caption}**\n\n{to_markdown(df)}\n")
-    _atomic_write(tex, f"% {_latex_text(caption)}\n% requires \\usepackage{{booktabs}}\n{to_latex(df, caption)}")
+    write_text(md, f"**{caption}**\n\n{to_markdown(df)}\n")
+    write_text(tex, f"% {_latex_text(caption)}\n% requires \\usepackage{{booktabs}}\n{to_latex(df, caption)}")
     return [md, tex]

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bmrs.atomic import atomic_path
 from bmrs.criteria import Criterion, PruningResult, apply_criterion, current_result, prune_to_fraction
 from bmrs.metrics import paper_compression
 from bmrs.noise import model_kl, noise_layers
@@ -179,10 +180,8 @@ def train_epoch(model: nn.Module, split, optimizer, *, cfg: TrainConfig, device:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:

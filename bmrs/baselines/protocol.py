@@ -29,6 +29,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from bmrs.atomic import atomic_path
 from bmrs.criteria import Criterion, prune_to_fraction
 from bmrs.train import PruningPlan, TrainConfig, Trainer, evaluate, make_optimizer, train_epoch
 
@@ -166,7 +167,8 @@ def run(cfg, model: nn.Module, bundle, tcfg: TrainConfig, *, device: torch.devic
                   "reference": reference_method()})
     final.setdefault("param_compression_pct", achieved)
     final.setdefault("structure_compression_pct", None)
-    torch.save(net.state_dict() if cfg.method != "eigendamage" else net.cpu().state_dict(), out / "model.pt")
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save(net.state_dict() if cfg.method != "eigendamage" else net.cpu().state_dict(), tmp)
     return {"history": tuned["history"], "final": final}
 
 
