@@ -35,23 +35,10 @@
 # `source="reference"` nothing is trained and the figure is redrawn from `results/reference/p1_sweep.csv`.
 
 # %%
-# Colab: install the companion into the runtime (Colab's own torch is kept). Elsewhere this does nothing.
-import sys
-
-if "google.colab" in sys.modules:
-    import importlib.util
-    import pathlib
-    import subprocess
-
-    if importlib.util.find_spec("bmrs") is None:
-        _repo = next((p for p in (pathlib.Path.cwd(), *pathlib.Path.cwd().parents) if (p / "pyproject.toml").exists()),
-                     None)
-        if _repo is None:
-            raise RuntimeError("clone the companion's repository first (git clone <its URL>), then open this "
-                               "notebook from its notebooks/ folder")
-        subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", str(_repo)])
-        subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "numba", "mlxtend", "papermill",
-                               "jupytext", "seaborn", "tabulate"])
+# Colab only (elsewhere nothing happens): install the companion, keep Colab's torch (scripts/colab_install.py).
+import glob, runpy, sys  # noqa: E401
+if "google.colab" in sys.modules:  # clone the repository into /content first: !git clone <its URL>
+    runpy.run_path(next(iter(glob.glob("/content/*/scripts/colab_install.py") + glob.glob("../scripts/colab_install.py")), "scripts/colab_install.py"))
 
 # %% tags=["parameters"]
 profile: str = "smoke"  # smoke | quick | paper (printed on every figure and table)

@@ -8,7 +8,7 @@ Tests that start a Jupyter kernel are marked ``notebook``. Everything runs in te
 from __future__ import annotations
 
 import json
-import textwrap
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import jupytext  # noqa: E402
 import nbformat  # noqa: E402
 import pytest  # noqa: E402
 
@@ -340,3 +341,20 @@ def test_plot_priors_densities():
     assert np.allclose(prior_theta.get_ydata(), 1 / (20 * prior_theta.get_xdata()))
     assert ax.get_ylim() == (0.0, 5.0) and len(ax.get_yticks()) == 0
     plt.close(fig)
+
+
+def test_every_notebook_starts_with_the_guarded_colab_cell_and_its_script_works(tmp_path, monkeypatch):
+    """The first code cell of each notebook runs scripts/colab_install.py on Colab only; the script (with bmrs
+    already importable, so nothing is pip-installed) makes the repository root the working directory."""
+    import runpy
+
+    root = Path(__file__).resolve().parents[1]
+    script = root / "scripts" / "colab_install.py"
+    for source in sorted((root / "notebooks").glob("[0-9][0-9]_*.py")):
+        nb = jupytext.read(source)
+        first = next(c.source for c in nb.cells if c.cell_type == "code")
+        assert 'if "google.colab" in sys.modules:' in first and "scripts/colab_install.py" in first, source
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    runpy.run_path(str(script))
+    assert Path.cwd() == root and str(root) in sys.path
