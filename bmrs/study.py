@@ -32,6 +32,26 @@ from bmrs.atomic import atomic_path
 SUMMARY_DIR = Path(os.environ.get("BMRS_SUMMARY_DIR", "results/summary"))
 REFERENCE_DIR = Path(os.environ.get("BMRS_REFERENCE_DIR", "results/reference"))
 _RUN_FIELDS = {f for f in ex.RunConfig.__dataclass_fields__} - {"dataset", "network", "method", "seed", "profile"}
+SOURCES = ("run", "reference")
+
+
+def configure(*, source: str, summary_dir: Path | str, reference_dir: Path | str, torch_threads: int = 0) -> None:
+    """What every study notebook does first, from its parameters: check ``source`` ("run": run or reuse the
+    runs and write summaries under ``summary_dir``; "reference": read ``reference_dir``, train nothing), point
+    this module's summary roots at those directories, and, when ``torch_threads`` > 0, set the thread count
+    of torch and of the numba ΔF kernels to it (0 keeps the defaults; 1 avoids oversubscribing a busy CPU)."""
+    global SUMMARY_DIR, REFERENCE_DIR
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {', '.join(map(repr, SOURCES))}; got {source!r}")
+    if not isinstance(torch_threads, int) or torch_threads < 0:
+        raise ValueError(f"torch_threads must be an integer >= 0 (0: leave the defaults); got {torch_threads!r}")
+    SUMMARY_DIR, REFERENCE_DIR = Path(summary_dir), Path(reference_dir)
+    if torch_threads > 0:
+        import numba
+        import torch
+
+        numba.set_num_threads(min(torch_threads, numba.config.NUMBA_NUM_THREADS))
+        torch.set_num_threads(torch_threads)
 
 
 def summary_path(name: str, profile: str, source: str = "run", directory: Path | str | None = None) -> Path:

@@ -63,11 +63,9 @@ bins: int = 20  # histogram bins on [0, 1] (the paper: 20)
 
 # %%
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 from IPython.display import Markdown, display
 
 from bmrs import study, tables
@@ -76,11 +74,7 @@ from bmrs.plots import plot_figure1, save_figure
 
 t_start = time.perf_counter()
 np.random.seed(seed)
-if torch_threads > 0:
-    torch.set_num_threads(torch_threads)
-study.SUMMARY_DIR, study.REFERENCE_DIR = Path(summary_dir), Path(reference_dir)
-if source not in ("run", "reference"):
-    raise ValueError(f"source must be 'run' or 'reference'; got {source!r}")
+study.configure(source=source, summary_dir=summary_dir, reference_dir=reference_dir, torch_threads=torch_threads)
 print(f"profile={profile}  source={source}  setting={setting}  method={method}  run_seed={run_seed}")
 
 # %% [markdown]
@@ -157,6 +151,6 @@ display(Markdown("\n".join([
     f"| network | MLP, 5 × 150 hidden (900 units), CIFAR-10, seed 1000 | {net} on {ds}, {len(units)} units, seed {run_seed_used} |",
     f"| method | BMRS_N (released code, inferred) | {run_method} |",
     f"| units kept | not reported | {int(kept.sum())} of {len(units)} |",
-    f"| numbers | none (schematic) | counts above |",
+    "| numbers | none (schematic) | counts above |",
 ])))
 print(f"done in {time.perf_counter() - t_start:.1f} s (profile {profile}, source {source})")

@@ -65,22 +65,16 @@ table2_seeds: list = [1000]  # seeds of the Table 2 settings
 
 # %%
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from IPython.display import Markdown, display
 
 from bmrs import study, tables
 
 t_start = time.perf_counter()
 np.random.seed(seed)
-if torch_threads > 0:
-    torch.set_num_threads(torch_threads)
-study.SUMMARY_DIR, study.REFERENCE_DIR = Path(summary_dir), Path(reference_dir)
-if source not in ("run", "reference"):
-    raise ValueError(f"source must be 'run' or 'reference'; got {source!r}")
+study.configure(source=source, summary_dir=summary_dir, reference_dir=reference_dir, torch_threads=torch_threads)
 pd.set_option("display.max_columns", 40, "display.width", 250)
 print(f"profile={profile}  source={source}  methods={methods}")
 print(f"Table 1: {len(table1_settings)} setting(s) x seeds {seeds};  Table 2: {len(table2_settings)} setting(s) x seeds {table2_seeds}")

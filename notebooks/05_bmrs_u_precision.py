@@ -57,11 +57,9 @@ seeds: list = [1000]  # seeds per p1
 
 # %%
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 from IPython.display import Markdown, display
 
 from bmrs import study, tables
@@ -70,11 +68,7 @@ from bmrs.reduction import bmrs_u_threshold
 
 t_start = time.perf_counter()
 np.random.seed(seed)
-if torch_threads > 0:
-    torch.set_num_threads(torch_threads)
-study.SUMMARY_DIR, study.REFERENCE_DIR = Path(summary_dir), Path(reference_dir)
-if source not in ("run", "reference"):
-    raise ValueError(f"source must be 'run' or 'reference'; got {source!r}")
+study.configure(source=source, summary_dir=summary_dir, reference_dir=reference_dir, torch_threads=torch_threads)
 print(f"profile={profile}  source={source}  setting={setting}  p1={p1_values}  seeds={seeds}")
 display(Markdown("| $p_1$ | pruning threshold on the posterior mass of $[2^{-23}, 2^{-p_1}]$ |\n|---|---|\n" + "\n".join(
     f"| {p:g} | {bmrs_u_threshold(p):.4f} |" for p in sorted(p1_values, reverse=True))))

@@ -95,7 +95,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 from IPython.display import Markdown, display
 
 from bmrs import cost, study, tables
@@ -103,14 +102,9 @@ from bmrs.experiments import METHOD_LABELS
 from bmrs.plots import save_figure
 
 t_start = time.perf_counter()
-if source not in ("run", "reference"):
-    raise ValueError(f"source must be 'run' or 'reference'; got {source!r}")
+study.configure(source=source, summary_dir=summary_dir, reference_dir=reference_dir, torch_threads=torch_threads)
 if "none" in methods:
     raise ValueError("methods must not contain 'none': the unpruned network has nothing to shrink")
-if torch_threads > 0:
-    torch.set_num_threads(torch_threads)
-# bmrs.study keeps its summary roots in module constants; point them at this notebook's directories
-study.SUMMARY_DIR, study.REFERENCE_DIR = Path(summary_dir), Path(reference_dir)
 pd.set_option("display.max_columns", 60, "display.width", 250)
 stamp = profile if source == "run" else f"{profile}, numbers from {reference_dir}"
 NET = {"mlp": "MLP", "lenet5": "LeNet5", "resnet50": "ResNet-50", "vit_b16": "ViT-B/16", "resnet18": "ResNet-18",

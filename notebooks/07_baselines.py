@@ -78,12 +78,10 @@ latency_repeats: int = 20  # interleaved timing rounds for the BMRS runs (the po
 import inspect
 import re
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 from IPython.display import Markdown, display
 
 import bmrs.baselines.dirichlet
@@ -95,19 +93,7 @@ from bmrs.plots import save_figure
 
 t_start = time.perf_counter()
 np.random.seed(seed)
-if torch_threads > 0:
-    import numba
-
-    # numba's OpenMP threading layer (the parallel ΔF kernels) sets the process-wide OpenMP thread count to
-    # numba's own (the core count) when it starts, which silently undoes torch.set_num_threads (and two
-    # threads on a busy 2-core machine made the smoke runs ~30x slower). Starting numba's layer first, with
-    # the same count, then setting torch's keeps both at torch_threads.
-    numba.set_num_threads(min(torch_threads, numba.config.NUMBA_NUM_THREADS))
-    torch.set_num_threads(torch_threads)
-if source not in ("run", "reference"):
-    raise ValueError(f"source must be 'run' or 'reference'; got {source!r}")
-study.SUMMARY_DIR = Path(summary_dir)
-study.REFERENCE_DIR = Path(reference_dir)
+study.configure(source=source, summary_dir=summary_dir, reference_dir=reference_dir, torch_threads=torch_threads)
 print(f"profile={profile} source={source} settings={len(settings)} seeds={seeds} methods={methods} "
       f"criteria={criteria} levels={len(levels)}")
 

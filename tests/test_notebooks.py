@@ -358,3 +358,17 @@ def test_every_notebook_starts_with_the_guarded_colab_cell_and_its_script_works(
     monkeypatch.setattr(sys, "path", list(sys.path))
     runpy.run_path(str(script))
     assert Path.cwd() == root and str(root) in sys.path
+
+
+def test_study_configure_checks_source_and_threads_and_sets_the_summary_roots(tmp_path, monkeypatch):
+    from bmrs import study
+
+    monkeypatch.setattr(study, "SUMMARY_DIR", study.SUMMARY_DIR)
+    monkeypatch.setattr(study, "REFERENCE_DIR", study.REFERENCE_DIR)
+    with pytest.raises(ValueError, match="source must be one of 'run', 'reference'; got 'ref'"):
+        study.configure(source="ref", summary_dir=tmp_path, reference_dir=tmp_path)
+    with pytest.raises(ValueError, match="torch_threads must be an integer >= 0"):
+        study.configure(source="run", summary_dir=tmp_path, reference_dir=tmp_path, torch_threads=-1)
+    study.configure(source="reference", summary_dir=tmp_path / "s", reference_dir=tmp_path / "r")
+    assert study.SUMMARY_DIR == tmp_path / "s" and study.REFERENCE_DIR == tmp_path / "r"
+    assert study.summary_path("continuous", "quick", source="reference") == tmp_path / "r" / "continuous.csv"
