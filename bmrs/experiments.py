@@ -32,6 +32,7 @@ from torch import nn
 from bmrs import atomic
 from bmrs import criteria as crit
 from bmrs import models
+from bmrs.metrics import PAPER_METRIC_VERSION
 from bmrs.train import PruningPlan, TrainConfig, Trainer, pick_device
 
 RESULTS_DIR = Path("results/runs")
@@ -363,8 +364,11 @@ def run_posttrain(base: RunConfig, criteria: tuple[str, ...] = POSTTRAIN_CRITERI
     for name in criteria:
         path = _sweep_path(base, name, levels, finetune_epochs_per_level, results_dir)
         if path.exists():
-            curves[name] = _read_json(path)["records"]
-            continue
+            stored = _read_json(path)
+            if stored.get("paper_metric_version") == PAPER_METRIC_VERSION:
+                curves[name] = stored["records"]
+                continue
+            log(f"post-training sweep {name}: stored with an older compression rule, recomputing")
         model.load_state_dict(state)
         if name == "eigendamage":
             from bmrs.baselines.protocol import eigendamage_sweep
@@ -375,7 +379,8 @@ def run_posttrain(base: RunConfig, criteria: tuple[str, ...] = POSTTRAIN_CRITERI
             records = post_training_sweep(model, state, bundle, crit.make_criterion(name), list(levels), tcfg,
                                           seed=base.seed, device=device, finetune_epochs=finetune_epochs_per_level)
         write_json_atomic(path, {"criterion": name, "levels": list(levels),
-                                 "finetune_epochs": finetune_epochs_per_level, "records": records})
+                                 "finetune_epochs": finetune_epochs_per_level,
+                                 "paper_metric_version": PAPER_METRIC_VERSION, "records": records})
         curves[name] = records
         log(f"post-training sweep {name}: {len(records)} points")
     model.load_state_dict(state)

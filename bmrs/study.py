@@ -28,6 +28,7 @@ import pandas as pd
 
 from bmrs import experiments as ex
 from bmrs.atomic import atomic_path
+from bmrs.metrics import PAPER_METRIC_VERSION, paper_compression
 
 SUMMARY_DIR = Path(os.environ.get("BMRS_SUMMARY_DIR", "results/summary"))
 REFERENCE_DIR = Path(os.environ.get("BMRS_REFERENCE_DIR", "results/reference"))
@@ -91,17 +92,28 @@ def _run_config(setting: dict[str, Any], method: str, seed: int, profile: str, *
                         profile=profile, **fields, **extra)
 
 
-def _actual_compression(cfg: ex.RunConfig, results_dir) -> float | None:
-    """Parameter compression of the physically shrunk network (None where it does not apply)."""
+def _compressions(cfg: ex.RunConfig, final: dict[str, Any], results_dir) -> tuple[Any, Any]:
+    """(paper-metric, actual) parameter compression of a run. Taken from its metrics when they are there and
+    the paper metric was stored under the current rule; otherwise recomputed from the saved model (runs
+    stored before a rule change stay usable without retraining). Neither applies to 'none'; EigenDamage
+    stores both as its rebuilt network's actual compression."""
+    paper, actual = final.get("param_compression_pct"), final.get("actual_param_compression_pct")
+    if cfg.method in ("none", "eigendamage"):
+        return paper, actual
+    current = final.get("paper_metric_version") == PAPER_METRIC_VERSION
+    if current and actual is not None:
+        return paper, actual
     from bmrs.baselines.protocol import actual_param_compression, plain_parameters
     from bmrs.noise import noise_layers
 
-    if cfg.method in ("none", "eigendamage"):
-        return None
     model = ex.load_model(cfg, results_dir)
     if not any(True for _ in noise_layers(model)):
-        return None
-    return actual_param_compression(model, plain_parameters(model))
+        return paper, actual
+    if not current:
+        paper = paper_compression(model).parameter_pct
+    if actual is None:
+        actual = actual_param_compression(model, plain_parameters(model))
+    return paper, actual
 
 
 def continuous(settings: Iterable[dict[str, Any]], methods: Iterable[str], seeds: Iterable[int], *, profile: str,
@@ -120,16 +132,14 @@ def continuous(settings: Iterable[dict[str, Any]], methods: Iterable[str], seeds
 
 def _row(cfg: ex.RunConfig, metrics: dict[str, Any], results_dir) -> dict[str, Any]:
     f = metrics["final"]
-    actual = f.get("actual_param_compression_pct")
-    if actual is None:
-        actual = _actual_compression(cfg, results_dir)
+    paper, actual = _compressions(cfg, f, results_dir)
     train = cfg.train_config()
     settings = {k: v for k, v in cfg.hashed_fields().items() if k not in ("dataset", "network", "method", "seed")}
     return {"dataset": cfg.dataset, "network": cfg.network, "method": cfg.method, "seed": cfg.seed,
             "profile": cfg.profile, "train_epochs": train.epochs, "finetune_epochs": train.finetune_epochs,
             "settings": repr(settings),
             "test_acc": f["test_acc"], "val_acc": f.get("val_acc"),
-            "param_compression_pct": f.get("param_compression_pct"),
+            "param_compression_pct": paper,
             "actual_param_compression_pct": actual,
             "structure_compression_pct": f.get("structure_compression_pct"),
             "epochs_run": len(metrics.get("history") or []),

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from bmrs.atomic import atomic_path
 from bmrs.criteria import Criterion, PruningResult, apply_criterion, current_result, prune_to_fraction
-from bmrs.metrics import paper_compression
+from bmrs.metrics import PAPER_METRIC_VERSION, paper_compression
 from bmrs.noise import model_kl, noise_layers
 
 
@@ -377,6 +377,7 @@ class Trainer:
         self.result.final = {
             "test_acc": test["acc"], "test_loss": test["loss"], "val_acc": val["acc"],
             **self._compression(),
+            "paper_metric_version": PAPER_METRIC_VERSION,
             "units_kept": res.kept if res else {},
             "units_total": res.total if res else {},
             "epochs_completed": self.epoch,

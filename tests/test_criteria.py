@@ -130,14 +130,30 @@ def test_scoring_a_model_without_noise_layers_is_an_error():
 def test_paper_compression_counts_rows_columns_and_noise_parameters_once():
     model = lenet5(1)
     layers = dict(noise_layers(model))
-    layers["6"].mask[3] = 0  # one conv2 channel: 2 noise params + 6*5*5 filter + 120*25 fc1 columns
+    layers["2"].mask[0] = 0  # one conv1 channel: 2 noise params + 1*5*5 filter + 16*5*5 conv2 "column"
     comp = paper_compression(model)
     assert comp.params_total == 62158 and comp.units_pruned == 1
-    assert comp.params_removed == 2 + 150 + 3000
-    layers["11"].mask[0] = 0  # one fc1 unit: its row (400) minus the 25 entries already removed, + 84 fc2 entries
+    assert comp.params_removed == 2 + 25 + 400
+    layers["6"].mask[3] = 0  # one conv2 channel: 2 + its 6*5*5 filter minus the 25 entries already removed;
+    comp = paper_compression(model)  # its 25 fc1 columns are NOT counted (shapes do not line up, spec 4.6)
+    assert comp.params_removed == (2 + 25 + 400) + (2 + 150 - 25)
+    layers["11"].mask[0] = 0  # one fc1 unit: its row (400) + 84 fc2 entries
     comp = paper_compression(model)
-    assert comp.params_removed == (2 + 150 + 3000) + (2 + 400 - 25 + 84)
-    assert comp.structure_pct == pytest.approx(100 * 2 / 226)
+    assert comp.params_removed == (2 + 25 + 400) + (2 + 150 - 25) + (2 + 400 + 84)
+    assert comp.structure_pct == pytest.approx(100 * 3 / 226)
+
+
+def test_paper_compression_undercounts_lenet5_where_compact_counts_exactly():
+    """The paper's rule skips the fc1 columns of pruned conv2 channels; the shrunk network drops them."""
+    from bmrs.compact import count_parameters, shrink
+
+    model = lenet5(1)
+    layers = dict(noise_layers(model))
+    layers["6"].mask[:8] = 0  # half of conv2's channels
+    comp = paper_compression(model)
+    plain = 61706  # LeNet5 without noise parameters
+    removed_exactly = plain - count_parameters(shrink(model))
+    assert removed_exactly - (comp.params_removed - 2 * 8) == 8 * 25 * 120 + 8  # fc1 columns + conv2 biases
 
 
 def test_paper_compression_of_the_mlp_matches_a_hand_count():

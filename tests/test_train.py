@@ -199,3 +199,28 @@ def test_real_fashion_mnist_smoke_run_when_the_system_copy_is_present(tmp_path):
     metrics = run(cfg, results_dir=tmp_path, log=lambda _: None)
     assert metrics["final"]["test_acc"] > 20.0
     assert "fashion" in metrics["data_source"].lower()
+
+
+def test_a_run_stored_under_an_older_compression_rule_is_recomputed_when_summarised(tmp_path, monkeypatch):
+    """study rows take the paper metric from the stored run when it was computed with the current rule, and
+    recompute it from the saved model (never retraining) when it was not."""
+    from bmrs import study
+    from bmrs.experiments import load_model
+    from bmrs.metrics import PAPER_METRIC_VERSION, paper_compression
+
+    setting = {"dataset": "digits", "network": "lenet5", "epochs": 2, "finetune_epochs": 1, "limit_train": 400,
+               "limit_test": 150}
+    fresh = study.continuous([setting], ["bmrs_n_code"], [1000], profile="smoke", results_dir=tmp_path, log=lambda _: None)
+    cfg = RunConfig(network="lenet5", method="bmrs_n_code", **SMOKE)
+    path = run_dir(cfg, tmp_path) / "metrics.json"
+    metrics = json.loads(path.read_text())
+    assert metrics["final"]["paper_metric_version"] == PAPER_METRIC_VERSION
+    expected = paper_compression(load_model(cfg, tmp_path)).parameter_pct
+    assert fresh["param_compression_pct"].item() == pytest.approx(expected)
+    # the same run as an older version stored it: a different number and no version
+    metrics["final"]["param_compression_pct"] = 99.9
+    del metrics["final"]["paper_metric_version"]
+    path.write_text(json.dumps(metrics))
+    monkeypatch.setattr(Trainer, "fit", lambda self: (_ for _ in ()).throw(AssertionError("no retraining")))
+    again = study.continuous([setting], ["bmrs_n_code"], [1000], profile="smoke", results_dir=tmp_path, log=lambda _: None)
+    assert again["param_compression_pct"].item() == pytest.approx(expected)
