@@ -110,6 +110,7 @@ class RunConfig:
     keep_imagenet_head: bool = False
     image_size: int | None = None
     val_fraction: float = 0.2
+    selection: str = "best_val"
     device: str = field(default="auto", compare=False)
 
     def validate(self) -> None:
@@ -136,8 +137,13 @@ class RunConfig:
         def redundant(k: str, v: Any) -> bool:  # a default, or an override equal to the preset's value
             return v == defaults[k] or (k in ("epochs", "finetune_epochs", "lr", "batch_size") and p.get(k) == v)
 
-        return {k: v for k, v in dataclasses.asdict(self).items()
-                if k != "device" and (k in ("dataset", "network", "method", "seed") or not redundant(k, v))}
+        fields = {k: v for k, v in dataclasses.asdict(self).items()
+                  if k != "device" and (k in ("dataset", "network", "method", "seed") or not redundant(k, v))}
+        from bmrs.baselines import POST_HOC
+
+        if self.method in POST_HOC:  # a post-hoc run is defined by the base network it prunes
+            fields["base"] = base_config(self).run_id
+        return fields
 
     @property
     def run_id(self) -> str:
@@ -157,6 +163,7 @@ class RunConfig:
             kl_weight=self.kl_weight,
             prune_every=self.prune_every,
             noise_lr_scale=self.noise_lr_scale,
+            selection=self.selection,
         )
 
     def replace(self, **changes) -> "RunConfig":
@@ -171,9 +178,11 @@ def valid_methods() -> tuple[str, ...]:
 
 
 def base_config(cfg: "RunConfig") -> "RunConfig":
-    """The base run of cfg's setting and seed: trained with noise layers and no masking (spec 4.5);
-    post-hoc methods and post-training studies start from its selected weights."""
-    return cfg.replace(method="base", finetune_epochs=0, prune_every=0)
+    """The base run of cfg's setting and seed: trained with noise layers and no masking for the full
+    schedule (spec 4.5), keeping the last epoch's weights (no best-validation selection: with the KL term
+    the best validation epoch is an early one, whose posteriors have not yet separated used from unused
+    units). Post-hoc methods and post-training studies start from these weights."""
+    return cfg.replace(method="base", finetune_epochs=0, prune_every=0, selection="last")
 
 
 def _is_bmrs_u(method: str) -> bool:

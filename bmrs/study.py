@@ -134,7 +134,7 @@ def _row(cfg: ex.RunConfig, metrics: dict[str, Any], results_dir) -> dict[str, A
     f = metrics["final"]
     paper, actual = _compressions(cfg, f, results_dir)
     train = cfg.train_config()
-    settings = {k: v for k, v in cfg.hashed_fields().items() if k not in ("dataset", "network", "method", "seed")}
+    settings = {k: v for k, v in cfg.hashed_fields().items() if k not in ("dataset", "network", "method", "seed", "base")}
     return {"dataset": cfg.dataset, "network": cfg.network, "method": cfg.method, "seed": cfg.seed,
             "profile": cfg.profile, "train_epochs": train.epochs, "finetune_epochs": train.finetune_epochs,
             "settings": repr(settings),

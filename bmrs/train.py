@@ -54,6 +54,10 @@ class TrainConfig:
     kl_weight: float = 1.0
     prune_every: int = 1  # P; 0 = no pruning during training (post-training base models)
     noise_lr_scale: float = 1.0  # learning-rate multiplier for the noise parameters (mu, log sigma)
+    # "best_val": the best-validation epoch of fine-tuning (of training when finetune_epochs is 0), spec 4.4.5;
+    # "last": the last epoch's weights (the post-training base networks: spec 4.5 prunes the network
+    # trained for the full schedule, as the released code's L2 prunes the model its training loop ends with)
+    selection: str = "best_val"
     eval_batch_size: int = 1024
 
     def validate(self) -> None:
@@ -70,6 +74,8 @@ class TrainConfig:
             problems.append(f"kl_reduction must be 'mean' or 'sum', not {self.kl_reduction!r}")
         if self.prune_every < 0:
             problems.append("prune_every must be >= 0")
+        if self.selection not in ("best_val", "last"):
+            problems.append(f"selection must be 'best_val' or 'last', not {self.selection!r}")
         if not self.noise_lr_scale > 0:
             problems.append("noise_lr_scale must be > 0")
         if problems:
@@ -342,7 +348,7 @@ class Trainer:
                       **self._compression()}
             if pruned is not None:
                 record["units_kept"] = pruned.units_kept
-            if finetune or self.cfg.finetune_epochs == 0:
+            if self.cfg.selection == "best_val" and (finetune or self.cfg.finetune_epochs == 0):
                 if val["acc"] > self.best_val:
                     self.best_val = val["acc"]
                     self.result.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}

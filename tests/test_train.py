@@ -224,3 +224,26 @@ def test_a_run_stored_under_an_older_compression_rule_is_recomputed_when_summari
     monkeypatch.setattr(Trainer, "fit", lambda self: (_ for _ in ()).throw(AssertionError("no retraining")))
     again = study.continuous([setting], ["bmrs_n_code"], [1000], profile="smoke", results_dir=tmp_path, log=lambda _: None)
     assert again["param_compression_pct"].item() == pytest.approx(expected)
+
+
+def test_the_base_network_keeps_its_last_epoch_and_post_hoc_runs_are_defined_by_it(tmp_path):
+    """Spec 4.5: post-training criteria prune the network trained for the full schedule, so the base run
+    keeps the last epoch's weights (no best-validation selection), and a post-hoc run's identity includes
+    its base run."""
+    from bmrs.experiments import base_config, load_model
+
+    cfg = RunConfig(network="mlp", method="l2", **SMOKE)
+    base = base_config(cfg)
+    assert base.selection == "last" and cfg.hashed_fields()["base"] == base.run_id
+    assert "base" not in RunConfig(network="mlp", method="bmrs_n_code", **SMOKE).hashed_fields()
+    assert cfg.replace(seed=7).hashed_fields()["base"] != base.run_id
+    metrics = run(base.replace(epochs=3), results_dir=tmp_path, log=lambda _: None)
+    history = metrics["history"]
+    assert len(history) == 3 and not any(r.get("best") for r in history)
+    model = load_model(base.replace(epochs=3), tmp_path)
+    bundle = load("digits", network="mlp", seed=base.seed, limit_train=400, limit_test=150)
+    from bmrs.train import evaluate
+
+    assert evaluate(model, bundle.val, device=torch.device("cpu"))["acc"] == pytest.approx(history[-1]["val_acc"])
+    with pytest.raises(ValueError, match="selection must be 'best_val' or 'last'"):
+        TrainConfig(selection="best").validate()
