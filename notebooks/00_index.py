@@ -279,7 +279,7 @@ costs = pd.DataFrame([
     {"profile": "quick", "what runs": ("real Fashion-MNIST MLP and LeNet5, one seed (1000), 5 + 2 / 4 + 2 epochs, "
                                        "noise_lr_scale 10; Tables 3/4 timed, Table 4 at reduced resolution; "
                                        "Table 2 not run"),
-     "expected cost": "about 20 minutes on 2 CPU cores (provisional)"},
+     "expected cost": "about 15 minutes of notebooks on 2 CPU cores (a clean clone: 16.5 min including creating .venv)"},
     {"profile": "paper", "what runs": ("the full protocol: Table 1 6 settings × 8 methods × 10 seeds, 50 + 10 epochs; "
                                        "Table 2 4 settings × 8 methods × 3 seeds, 100 + 10 epochs at 224 px; "
                                        "Figure 2 sweeps of 100 levels with a fine-tuning epoch each; Figure 4 p1 grid"),
