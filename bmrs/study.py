@@ -36,14 +36,18 @@ _RUN_FIELDS = {f for f in ex.RunConfig.__dataclass_fields__} - {"dataset", "netw
 SOURCES = ("run", "reference")
 
 
+def _check_source(source: str) -> None:
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {', '.join(map(repr, SOURCES))}; got {source!r}")
+
+
 def configure(*, source: str, summary_dir: Path | str, reference_dir: Path | str, torch_threads: int = 0) -> None:
     """What every study notebook does first, from its parameters: check ``source`` ("run": run or reuse the
     runs and write summaries under ``summary_dir``; "reference": read ``reference_dir``, train nothing), point
     this module's summary roots at those directories, and, when ``torch_threads`` > 0, set the thread count
     of torch and of the numba ΔF kernels to it (0 keeps the defaults; 1 avoids oversubscribing a busy CPU)."""
     global SUMMARY_DIR, REFERENCE_DIR
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {', '.join(map(repr, SOURCES))}; got {source!r}")
+    _check_source(source)
     if not isinstance(torch_threads, int) or torch_threads < 0:
         raise ValueError(f"torch_threads must be an integer >= 0 (0: leave the defaults); got {torch_threads!r}")
     SUMMARY_DIR, REFERENCE_DIR = Path(summary_dir), Path(reference_dir)
@@ -58,10 +62,9 @@ def configure(*, source: str, summary_dir: Path | str, reference_dir: Path | str
 def summary_path(name: str, profile: str, source: str = "run", directory: Path | str | None = None) -> Path:
     """Where a summary CSV lives: <directory or results/summary>/<profile>/<name>.csv for source "run",
     <directory or results/reference>/<name>.csv for source "reference"."""
+    _check_source(source)
     if source == "reference":
         return Path(directory or REFERENCE_DIR) / f"{name}.csv"
-    if source != "run":
-        raise ValueError(f"source must be 'run' or 'reference'; got {source!r}")
     return Path(directory or SUMMARY_DIR) / profile / f"{name}.csv"
 
 
