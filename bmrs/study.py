@@ -27,6 +27,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from bmrs import experiments as ex
+from bmrs import grid
 from bmrs.atomic import atomic_path
 from bmrs.metrics import PAPER_METRIC_VERSION, paper_compression
 
@@ -86,13 +87,8 @@ def load_summary(name: str, profile: str, source: str = "run", directory: Path |
     return pd.read_csv(path)
 
 
-def _run_config(setting: dict[str, Any], method: str, seed: int, profile: str, **extra: Any) -> ex.RunConfig:
-    unknown = set(setting) - _RUN_FIELDS - {"dataset", "network"}
-    if unknown:
-        raise ValueError(f"unknown run settings {sorted(unknown)}; allowed: dataset, network, {', '.join(sorted(_RUN_FIELDS))}")
-    fields = {k: v for k, v in setting.items() if k not in ("dataset", "network")}
-    return ex.RunConfig(dataset=setting["dataset"], network=setting["network"], method=method, seed=seed,
-                        profile=profile, **fields, **extra)
+def _run_config(setting: dict[str, Any], method: str, seed: int, profile: str) -> ex.RunConfig:
+    return grid.run_config(setting, method, seed, profile)
 
 
 def _compressions(cfg: ex.RunConfig, final: dict[str, Any], results_dir) -> tuple[Any, Any]:
@@ -166,11 +162,13 @@ def posttrain(settings: Iterable[dict[str, Any]], seeds: Iterable[int], criteria
     """Post-training studies (Figure 2; Figures 3, 6, 7): sweep records and rank correlations."""
     curves, ranks = [], []
     for setting in settings:
+        _, own_levels = grid.split_setting(setting)
+        lv = own_levels if own_levels is not None else tuple(float(x) for x in levels)
         for seed in seeds:
             base = _run_config(setting, "base", seed, profile)
-            log(f"[post-training] {base.network} / {base.dataset} / seed {seed}: {len(list(levels))} levels x "
+            log(f"[post-training] {base.network} / {base.dataset} / seed {seed}: {len(lv)} levels x "
                 f"{len(list(criteria))} criteria")
-            result = ex.run_posttrain(base, tuple(criteria), tuple(float(x) for x in levels),
+            result = ex.run_posttrain(base, tuple(criteria), lv, finetune_epochs_per_level=grid.SWEEP_FINETUNE_EPOCHS,
                                       results_dir=results_dir, log=log)
             for name, records in result["curves"].items():
                 for r in records:

@@ -338,14 +338,18 @@ class Trainer:
             stats = train_epoch(self.model, self.data.train, self.optimizer, cfg=self.cfg, device=self.device,
                                 generator=self.generator, scheduler=self.scheduler,
                                 desc=f"{'finetune' if finetune else 'train'} {e + 1}/{self.total_epochs}")
+            t_train = time.perf_counter()
             pruned = None
             if (not finetune and self.plan.active and self.plan.during_training and self.cfg.prune_every
                     and (e + 1) % self.cfg.prune_every == 0):
                 pruned = self._prune()
+            t_prune = time.perf_counter()
             val = evaluate(self.model, self.data.val, device=self.device, batch_size=self.cfg.eval_batch_size)
+            t_eval = time.perf_counter()
             record = {"epoch": e + 1, "phase": "finetune" if finetune else "train", **stats,
                       "val_acc": val["acc"], "val_loss": val["loss"], "seconds": time.perf_counter() - t0,
-                      **self._compression()}
+                      "train_epoch_seconds": t_train - t0, "prune_seconds": t_prune - t_train,
+                      "eval_seconds": t_eval - t_prune, **self._compression()}
             if pruned is not None:
                 record["units_kept"] = pruned.units_kept
             if self.cfg.selection == "best_val" and (finetune or self.cfg.finetune_epochs == 0):
@@ -355,7 +359,10 @@ class Trainer:
                     record["best"] = True
             self.result.history.append(record)
             self.epoch = e + 1
+            t_save = time.perf_counter()
+            record["metric_seconds"] = t_save - t_eval
             self._save()
+            record["checkpoint_seconds"] = time.perf_counter() - t_save
             self.log(f"epoch {e + 1}: loss {stats['loss']:.4f} val {val['acc']:.2f}% "
                      f"units {record['structure_compression_pct']:.1f}% pruned")
             if self.stop_after_epoch is not None and self.epoch >= self.stop_after_epoch and self.epoch < self.total_epochs:
