@@ -24,9 +24,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bmrs import compact
-from bmrs.models import lenet5
-from bmrs.noise import noise_layers
+from bmrs.nn import measure
+from bmrs.nn import shrink as compact
+from bmrs.run.store import load_run
+from bmrs.nn.models import lenet5
+from bmrs.nn.noise import noise_layers
 
 TARGET = 0.70
 
@@ -73,14 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         what = f"LeNet5 ({args.channels} channel{'s' * (args.channels > 1)}), random mask pruning {args.prune:.0%} of units"
     else:
         try:
-            model = compact.load_run(args.run_dir).eval()
+            model = load_run(args.run_dir).eval()
         except (FileNotFoundError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         what = f"run {args.run_dir}"
     kept = ", ".join(f"{layer.kept}/{layer.num_units}" for _, layer in noise_layers(model))
     shrunk = compact.shrink(model)
-    rep = compact.report(model, shrunk=shrunk, threads=args.threads, repeats=args.repeats, warmup=args.warmup)
+    rep = measure.report(model, shrunk=shrunk, threads=args.threads, repeats=args.repeats, warmup=args.warmup)
 
     p, m = rep["params"], rep["macs"]
     print(what)

@@ -4,9 +4,9 @@
    divided by the same network without them. Three variants are timed in interleaved rounds so that
    machine noise hits all of them alike:
      plain   — no noise layers (the "None" baseline);
-     fused   — bmrs.noise.MultiplicativeNoise (fused sampler with closed-form backward);
+     fused   — bmrs.nn.noise.MultiplicativeNoise (fused sampler with closed-form backward);
      direct  — the same distribution written directly: torch.rand + autograd through
-               bmrs.distributions.sample_theta (what a straightforward port of the paper does).
+               bmrs.core.distributions.sample_theta (what a straightforward port of the paper does).
    The paper's GPU figure for this ratio is 2.6–5.1× (Table 3).
 2. Time of ΔF_N and ΔF_U for 10⁶ units (float64), median of repeats.
 
@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bmrs import distributions as dist
-from bmrs.models import lenet5
-from bmrs.noise import MultiplicativeNoise, model_kl
-from bmrs.reduction import delta_f_bmrs_n, delta_f_bmrs_u
+from bmrs.core import distributions as dist
+from bmrs.nn.models import lenet5
+from bmrs.nn.noise import MultiplicativeNoise, model_kl
+from bmrs.core.reduction import delta_f_bmrs_n, delta_f_bmrs_u
 
 
 class DirectNoise(MultiplicativeNoise):

@@ -1,3 +1,3 @@
-from bmrs.cli import main
+from bmrs.run.cli import main
 
 raise SystemExit(main())

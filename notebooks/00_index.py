@@ -54,8 +54,8 @@ import pandas as pd
 import yaml
 from IPython.display import Markdown, display
 
-from bmrs import tables
-from bmrs.notebook_runner import REPO_ROOT, available_profiles, discover_notebooks, load_profile
+from bmrs.report import tables
+from bmrs.notebook_runner import REPO_ROOT, available_profiles, discover_notebooks, load_profile  # noqa: F401
 
 t_start = time.perf_counter()
 ROOT = REPO_ROOT

@@ -27,8 +27,8 @@
 #
 # Every check compares the library against an *independent* computation (scipy `quad`, Monte Carlo
 # with the library's sampler, or `mpmath` at 50+ digits), prints the largest error it found and fails the
-# notebook when that exceeds its tolerance. All closed forms come from `bmrs.distributions` and
-# `bmrs.reduction`; the notebook adds only the independent reference computations and the pictures.
+# notebook when that exceeds its tolerance. All closed forms come from `bmrs.core.distributions` and
+# `bmrs.core.reduction`; the notebook adds only the independent reference computations and the pictures.
 
 # %%
 # Colab only (elsewhere nothing happens): install the companion, keep Colab's torch (scripts/colab_install.py).
@@ -64,10 +64,10 @@ from scipy import integrate
 from scipy.special import log_ndtr, ndtr
 from tqdm import tqdm
 
-import bmrs.distributions as D
-import bmrs.reduction as R
-import bmrs.special
-from bmrs.plots import plot_priors, save_figure
+import bmrs.core.distributions as D
+import bmrs.core.reduction as R
+import bmrs.core.special
+from bmrs.report.plots import plot_priors, save_figure
 
 t_start = time.perf_counter()
 rng = np.random.default_rng(seed)
@@ -160,7 +160,7 @@ def mc_mean(values, batches: int = 20):
 #
 # Samples come from the inverse CDF in $x$ (spec 2.2): $\gamma = \Phi(\alpha) + y\,Z$ with $y\sim U(0,1)$,
 # clamped to $[\epsilon, 1-\epsilon]$, $x = \mu + \sigma\Phi^{-1}(\gamma)$, $\theta = e^x$. The first check:
-# samples of `bmrs.distributions.sample_theta` (training default $\epsilon = 10^{-5}$) follow the truncated
+# samples of `bmrs.core.distributions.sample_theta` (training default $\epsilon = 10^{-5}$) follow the truncated
 # normal (Kolmogorov–Smirnov distance $\sqrt{n}\,D_n$, which for a correct sampler exceeds 2.3 with probability
 # $2e^{-2\cdot 2.3^2} \approx 5\cdot10^{-5}$; typical values are 0.5–1.2).
 
@@ -242,7 +242,7 @@ check("reduced posterior q p~/p / exp(dF) == TruncN(mu~_q, sigma~_q^2)", worst, 
 # $$(\mu_q^2\tilde\sigma_p^2 + \tilde\mu_p^2\sigma_q^2)\,S - (\mu_q\tilde\sigma_p^2 + \tilde\mu_p\sigma_q^2)^2
 #   = \sigma_q^2\tilde\sigma_p^2(\mu_q - \tilde\mu_p)^2
 #   \ \Rightarrow\ \frac{\mu_q^2}{\sigma_q^2} + \frac{\tilde\mu_p^2}{\tilde\sigma_p^2} - \frac{\tilde\mu_q^2}{\tilde\sigma_q^2} = \frac{(\mu_q-\tilde\mu_p)^2}{S}.$$
-# Hence the **stable form** the library evaluates (`bmrs.reduction.delta_f_bmrs_n`):
+# Hence the **stable form** the library evaluates (`bmrs.core.reduction.delta_f_bmrs_n`):
 # $$\boxed{\ \Delta F_N = \log(B-A) + \log\tilde Z_q - \log Z_q - \log\tilde Z_p - \tfrac12\log\big(2\pi(\sigma_q^2+\tilde\sigma_p^2)\big)
 #   - \frac{(\mu_q-\tilde\mu_p)^2}{2(\sigma_q^2+\tilde\sigma_p^2)}\ }$$
 #
@@ -304,7 +304,7 @@ check(f"dF_N: library vs quad on {n_quad} random (mu, sigma, mu~_p, sigma~_p) (e
 # ### 3.2 Monte Carlo
 #
 # $e^{\Delta F_N} = \mathbb E_q[\tilde p(\theta)/p(\theta)] = \mathbb E_q\big[(B-A)\,\tilde p_x(\log\theta)\big]$, estimated with
-# $\theta$ drawn by `bmrs.distributions.sample_theta` (quantile clamp $\epsilon = 10^{-12}$ here so that the draws
+# $\theta$ drawn by `bmrs.core.distributions.sample_theta` (quantile clamp $\epsilon = 10^{-12}$ here so that the draws
 # follow $q$ exactly up to $10^{-12}$ of tail mass). Moderate $\tilde\sigma_p$ keeps the estimator's variance finite;
 # the points are drawn so that $\Delta F_N > -4$ (otherwise the estimate is dominated by rare draws). The
 # error is reported in standard errors.
@@ -452,7 +452,7 @@ display(Markdown("\n".join([
 check("BMRS_U thresholds vs the spec's 4-decimal table", max(abs(lib_thresholds[p] - v) for p, v in spec_thresholds.items()), 5.1e-5)
 
 # %% [markdown]
-# Checks of $\Delta F_U$ (`bmrs.reduction.delta_f_bmrs_u`, exact, without the released code's clamp of $\mu$ to
+# Checks of $\Delta F_U$ (`bmrs.core.reduction.delta_f_bmrs_u`, exact, without the released code's clamp of $\mu$ to
 # $[A, B]$): against `quad` of the general BMR integral $\log\int_A^B q_x\,\tilde p_x/p_x\,dx$ (breakpoints at $A', B'$);
 # against Monte Carlo ($(B-A)/(B'-A')$ times the fraction of draws in $[A', B']$); and the equivalence of the two
 # forms of the rule ($\Delta F_U \ge 0 \iff$ mass $\ge$ threshold) on the figure's grid.
@@ -555,12 +555,12 @@ check("SNR: library vs Monte Carlo, sigma <= 1.2 (jackknife standard error)", wo
 # The textbook forms above divide tiny normalisers by each other: for $\mu = 1000$, $\sigma = e^{-20}$ both $Z$ and
 # $\Phi(\sigma-\alpha)-\Phi(\sigma-\beta)$ are about $e^{-10^{23}}$ and underflow to $0/0$. The library writes every
 # log-normaliser as $-m^2/2 + s$ and cancels the huge $m^2/2$ parts *algebraically*; see the module docstrings
-# (printed below) of `bmrs.distributions` and `bmrs.special`. Check: the library against the textbook forms
+# (printed below) of `bmrs.core.distributions` and `bmrs.core.special`. Check: the library against the textbook forms
 # in 80-digit `mpmath` at extreme points, including the training initialisation $(\mu, \log\sigma) = (0, -5)$.
 
 # %%
 print(D.__doc__[D.__doc__.index("How they are evaluated"):].split("The functions validate")[0])
-print(bmrs.special.__doc__.split("The building blocks are")[1].split("All functions")[0])
+print(bmrs.core.special.__doc__.split("The building blocks are")[1].split("All functions")[0])
 
 
 def mp_reference(mu, s, dps=80):

@@ -34,7 +34,7 @@
 # $\Delta F_N$ (method `bmrs_n_code`, no $2\pi$, spec 2.7) — the variant that produced the paper's numbers.
 # The quick profile uses the Fashion-MNIST MLP run of notebook 03's Table 1 (so the run is shared), the
 # paper profile the CIFAR-10 MLP of the paper, and the smoke profile a tiny `digits` MLP. The per-unit
-# statistics come from `bmrs.study.unit_statistics`; this notebook only draws and counts.
+# statistics come from `bmrs.report.study.unit_statistics`; this notebook only draws and counts.
 #
 # With `source="reference"` nothing is trained: the per-unit table is read from
 # `results/reference/units.csv` (the committed quick-profile results).
@@ -50,7 +50,7 @@ profile: str = "smoke"  # smoke | quick | paper (printed on every figure and tab
 figures_dir: str = "figures"  # where the figures are written (relative to the repository root)
 source: str = "run"  # "run": run (or reuse) the training run; "reference": read results/reference/units.csv
 tables_dir: str = "results/tables"  # where the Markdown/LaTeX tables are written
-runs_dir: str = "results/runs"  # run directories (bmrs.experiments)
+runs_dir: str = "results/runs"  # run directories (bmrs.run.experiments)
 summary_dir: str = "results/summary"  # summaries are written to <summary_dir>/<profile>/units.csv
 reference_dir: str = "results/reference"  # where source reference reads units.csv
 torch_threads: int = 0  # torch intra-op threads (0: torch's default; 1 avoids oversubscribing busy CPUs)
@@ -68,9 +68,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Markdown, display
 
-from bmrs import study, tables
-from bmrs.experiments import METHOD_LABELS
-from bmrs.plots import plot_figure1, save_figure
+from bmrs.report import study
+
+from bmrs.report import tables
+from bmrs.report.labels import method_label
+from bmrs.report.plots import plot_figure1, save_figure
 
 t_start = time.perf_counter()
 np.random.seed(seed)
@@ -95,7 +97,7 @@ else:
 net, ds = units["network"].iloc[0], units["dataset"].iloc[0]
 run_method, run_seed_used = units["method"].iloc[0], int(units["seed"].iloc[0])
 kept = units["kept"].astype(str).str.lower().isin(["true", "1", "1.0"]).to_numpy()
-print(f"network {net} on {ds}, method {run_method} ({METHOD_LABELS.get(run_method, run_method)}), seed {run_seed_used}: "
+print(f"network {net} on {ds}, method {run_method} ({method_label(run_method)}), seed {run_seed_used}: "
       f"{len(units)} units in {units['layer'].nunique()} noise layers, {int(kept.sum())} kept by the run's mask")
 display(units.groupby("layer", sort=False).agg(units=("unit", "size"), kept=("kept", "sum"),
                                                 mean_E_theta=("expected_theta", "mean")))
@@ -107,7 +109,7 @@ display(units.groupby("layer", sort=False).agg(units=("unit", "size"), kept=("ke
 # so the bars that disappear between the two panels are the pruned units.
 
 # %%
-label = r"BMRS$_N$" if run_method == "bmrs_n_code" else METHOD_LABELS.get(run_method, run_method)
+label = r"BMRS$_N$" if run_method == "bmrs_n_code" else method_label(run_method)
 fig = plot_figure1(units["expected_theta"].to_numpy(), kept, bins=bins, method_label=label)
 fig.suptitle(f"Figure 1 — {tables.network_label(net)} on {tables.dataset_label(ds)}, "
              f"{run_method} run, seed {run_seed_used}", fontsize=10, y=1.04)

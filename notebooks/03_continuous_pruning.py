@@ -30,7 +30,7 @@
 #
 # **Columns.** For each dataset: parameter compression (ours, the paper's), test accuracy (ours, the
 # paper's), and our *actual* compression — the parameters the physically shrunk dense network no longer has
-# (bmrs.compact), which is what pruning buys. Ours are mean ± population std over our seeds ("(n=1)" for a
+# (bmrs.nn.shrink), which is what pruning buys. Ours are mean ± population std over our seeds ("(n=1)" for a
 # single seed); "—" = the paper reports no number, "not run" = we did not run it.
 #
 # **What each profile runs.** The settings come from `configs/<profile>.yaml`:
@@ -51,7 +51,7 @@ profile: str = "smoke"  # smoke | quick | paper (printed on every figure and tab
 figures_dir: str = "figures"  # where the figures are written (relative to the repository root)
 source: str = "run"  # "run": run (or reuse) the runs; "reference": read results/reference/continuous.csv
 tables_dir: str = "results/tables"  # where the Markdown/LaTeX tables are written
-runs_dir: str = "results/runs"  # run directories (bmrs.experiments)
+runs_dir: str = "results/runs"  # run directories (bmrs.run.experiments)
 summary_dir: str = "results/summary"  # the summary goes to <summary_dir>/<profile>/continuous.csv
 reference_dir: str = "results/reference"  # where source reference reads continuous.csv
 torch_threads: int = 0  # torch intra-op threads (0: torch's default; 1 avoids oversubscribing busy CPUs)
@@ -70,7 +70,9 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from bmrs import study, tables
+from bmrs.report import study
+
+from bmrs.report import tables
 
 t_start = time.perf_counter()
 np.random.seed(seed)
@@ -82,7 +84,7 @@ print(f"Table 1: {len(table1_settings)} setting(s) x seeds {seeds};  Table 2: {l
 # %% [markdown]
 # ## Runs
 #
-# `bmrs.study.continuous` runs every (setting, method, seed) through `bmrs.experiments.run`, which reuses
+# `bmrs.report.study.continuous` runs every (setting, method, seed) through `bmrs.run.experiments.run`, which reuses
 # any finished run (results/runs/<hash>/), so rerunning this notebook, or notebooks 02 and 05 sharing a
 # setting, costs nothing. One summary row per run is written to `results/summary/<profile>/continuous.csv`.
 

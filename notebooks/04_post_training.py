@@ -20,8 +20,8 @@
 # the weights are reloaded, the globally least important λ % of units are masked with one threshold
 # (BMRS never prunes a unit with ΔF < 0, so its sweep stops by itself), the network is fine-tuned for one
 # epoch (CE + KL, unshuffled, Adam state carried over) and its test accuracy and compression are
-# recorded whenever the compression changed. All of it is `bmrs.study.posttrain`; the figures and checks
-# are `bmrs.curves`.
+# recorded whenever the compression changed. All of it is `bmrs.report.study.posttrain`; the figures and checks
+# are `bmrs.report.curves`.
 #
 # **What this notebook shows**
 #
@@ -35,7 +35,7 @@
 # 3. Figures 3/6/7: our Spearman matrix (mean over seeds) beside the paper's, their difference, and the
 #    claims "BMRS_N ranks like SNR; BMRS_U ranks poorly" (spec 6.6) checked.
 #
-# **Definitions** (details in the docstring of `bmrs.curves`).
+# **Definitions** (details in the docstring of `bmrs.report.curves`).
 # *Averaging*: `averaging="interp"` (default) interpolates each seed's curve on the union of the seeds'
 # compression values without extrapolation and averages the seeds covering a point (at least 60 % of
 # them); `"index"` is the paper's index-wise average of padded curves. *Knee*: the point of maximum
@@ -91,9 +91,9 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from bmrs import curves as C
-from bmrs import study
-from bmrs.plots import save_figure
+from bmrs.report import curves as C
+from bmrs.report import study
+from bmrs.report.plots import save_figure
 
 t_start = time.perf_counter()
 np.random.seed(seed)

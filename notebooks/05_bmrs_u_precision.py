@@ -45,7 +45,7 @@ profile: str = "smoke"  # smoke | quick | paper (printed on every figure and tab
 figures_dir: str = "figures"  # where the figures are written (relative to the repository root)
 source: str = "run"  # "run": run (or reuse) the runs; "reference": read results/reference/p1_sweep.csv
 tables_dir: str = "results/tables"  # where the Markdown/LaTeX tables are written
-runs_dir: str = "results/runs"  # run directories (bmrs.experiments)
+runs_dir: str = "results/runs"  # run directories (bmrs.run.experiments)
 summary_dir: str = "results/summary"  # the summary goes to <summary_dir>/<profile>/p1_sweep.csv
 reference_dir: str = "results/reference"  # where source reference reads p1_sweep.csv
 torch_threads: int = 0  # torch intra-op threads (0: torch's default; 1 avoids oversubscribing busy CPUs)
@@ -62,9 +62,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Markdown, display
 
-from bmrs import study, tables
-from bmrs.plots import plot_p1_sweep, save_figure
-from bmrs.reduction import bmrs_u_threshold
+from bmrs.report import study
+
+from bmrs.report import tables
+from bmrs.report.plots import plot_p1_sweep, save_figure
+from bmrs.core.reduction import bmrs_u_threshold
 
 t_start = time.perf_counter()
 np.random.seed(seed)

@@ -18,10 +18,10 @@
 # multiplicative-noise layers on a Titan X at batch 32 ("Train" and "Inference" columns, ms) and concludes
 # that the noise layers slow training — MLP ≈ 4.6–8.3×, LeNet5 ≈ 2.6–5.1×, ResNet-50 ≈ 4.6–6.9×,
 # ViT ≈ 1.35–1.39× — while inference overhead is small. We measure the same columns here with
-# `bmrs.cost.step_times`:
+# `bmrs.report.cost.step_times`:
 #
 # * **train step** — forward in training mode (one θ sampled per activation element), cross-entropy + KL,
-#   backward, optimiser step: exactly the step `bmrs.train` takes;
+#   backward, optimiser step: exactly the step `bmrs.run.train` takes;
 # * **train forward** — the training-mode forward and loss only: the paper does not say whether its "Train"
 #   column includes the backward pass (spec 8), so both readings are shown;
 # * **inference** — one eval-mode forward (the noise layer multiplies by E[θ]·mask).
@@ -44,8 +44,8 @@
 #
 # **Part 2: what pruning buys — never measured in the paper.** The paper reports a parameter-count estimate
 # of compression (spec 4.6) and no timings of pruned networks. Here the networks of the Table 1 runs
-# (`bmrs.study.continuous` with the same settings as notebook 03, so the runs are reused) are physically
-# shrunk by `bmrs.compact` (pruned units removed, E[θ]·mask folded into the weights), and we measure their
+# (`bmrs.report.study.continuous` with the same settings as notebook 03, so the runs are reused) are physically
+# shrunk by `bmrs.nn.shrink` (pruned units removed, E[θ]·mask folded into the weights), and we measure their
 # parameters, MACs and CPU latency at batch 1 and 32 against the dense networks, and the fraction of the MAC
 # reduction that the speed-up realises.
 #
@@ -63,7 +63,7 @@ profile: str = "smoke"  # smoke | quick | paper (printed on every figure and tab
 figures_dir: str = "figures"  # where the figures are written (relative to the repository root)
 source: str = "run"  # "run": measure (and run or reuse the Table 1 runs); "reference": read results/reference
 tables_dir: str = "results/tables"  # where the Markdown/LaTeX tables are written
-runs_dir: str = "results/runs"  # run directories (bmrs.experiments)
+runs_dir: str = "results/runs"  # run directories (bmrs.run.experiments)
 summary_dir: str = "results/summary"  # summaries go to <summary_dir>/<profile>/cost_{steps,compaction}.csv
 reference_dir: str = "results/reference"  # where the reference summaries are read from (source "reference")
 torch_threads: int = 0  # torch intra-op threads while training the runs (0: torch's default)
@@ -97,9 +97,13 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from bmrs import cost, study, tables
-from bmrs.experiments import METHOD_LABELS
-from bmrs.plots import save_figure
+from bmrs.report import cost
+
+from bmrs.report import study
+
+from bmrs.report import tables
+from bmrs.report.labels import dataset_label, method_label, network_label
+from bmrs.report.plots import save_figure
 
 t_start = time.perf_counter()
 study.configure(source=source, summary_dir=summary_dir, reference_dir=reference_dir, torch_threads=torch_threads)
@@ -107,10 +111,6 @@ if "none" in methods:
     raise ValueError("methods must not contain 'none': the unpruned network has nothing to shrink")
 pd.set_option("display.max_columns", 60, "display.width", 250)
 stamp = profile if source == "run" else f"{profile}, numbers from {reference_dir}"
-NET = {"mlp": "MLP", "lenet5": "LeNet5", "resnet50": "ResNet-50", "vit_b16": "ViT-B/16", "resnet18": "ResNet-18",
-       "vit_tiny": "ViT-tiny"}
-DS = {"mnist": "MNIST", "fashion_mnist": "F-MNIST", "cifar10": "CIFAR10", "tiny_imagenet": "TinyImagenet",
-      "digits": "digits", "mnist_5k": "MNIST-5k"}
 print(f"profile={profile}  source={source}  device={device}  timing threads={timing_threads}")
 
 
@@ -185,7 +185,7 @@ def step_table(table: str) -> pd.DataFrame:
     for _, r in cmp[cmp["table"] == table].iterrows():
         size = "224" if pd.isna(r["image_size"]) else str(int(r["image_size"]))
         rows.append({
-            "network": NET.get(r["network"], r["network"]), "dataset": DS.get(r["dataset"], r["dataset"]),
+            "network": network_label(r["network"]), "dataset": dataset_label(r["dataset"]),
             "input": ("32 px" if table == "table3" else f"{size} px") + f", batch {int(r['batch'])}",
             "train step ms (ours)": f"{r['train_step_none_ms']:.2f} → {r['train_step_noise_ms']:.2f}",
             "train step ratio (ours)": ours_ratio(r, "train_step"),
@@ -238,7 +238,7 @@ for ax, (table, g) in zip(axes[0], groups):
                         label=label if i == 0 else None)
     ax.axhline(1.0, color="0.3", lw=0.8, ls=":")
     ax.set_yscale("log", base=2)
-    ax.set_xticks(x, [f"{NET.get(n, n)}\n{DS.get(d, d)}" for n, d in zip(g["network"], g["dataset"])], fontsize=8)
+    ax.set_xticks(x, [f"{network_label(n)}\n{dataset_label(d)}" for n, d in zip(g["network"], g["dataset"])], fontsize=8)
     b = ", ".join(str(int(v)) for v in g["batch"].unique())
     if table == "table3":
         sub = f"32 px, batch {b}"
@@ -270,7 +270,7 @@ for net, g in cmp.groupby("network", sort=False):
     pinf = (f"{g['paper_inference_ratio_min'].min():.2f}–{g['paper_inference_ratio_max'].max():.2f}×"
             if "paper_inference_ratio_min" in g and g["paper_inference_ratio_min"].notna().any() else "—")
     rng = lambda c: span(g[c].min(), g[c].max(), unit="×")
-    lines.append(f"| {NET.get(net, net)} | {pclaim} | {rng('train_step_ratio')} | {rng('train_forward_ratio')} | "
+    lines.append(f"| {network_label(net)} | {pclaim} | {rng('train_step_ratio')} | {rng('train_forward_ratio')} | "
                  f"{pinf} | {rng('inference_ratio')} |")
 display(Markdown("\n".join(lines)))
 print(f"Table 4 measured at {res_text}; {env['device']} with {int(env['threads'])} thread(s).")
@@ -281,7 +281,7 @@ print(f"Table 4 measured at {res_text}; {env['device']} with {int(env['threads']
 # per activation (the narrow MLPs) and smallest for the ViT. Two things separate our setting from the paper's,
 # and both tend to push our ratios below its numbers: the device (on a CPU the plain network's matrix products
 # are relatively slow, while on a GPU the memory-bound per-element sampling weighs more), and the
-# implementation (`bmrs.noise` fuses the sampler into one pass with a closed-form backward; the released code
+# implementation (`bmrs.nn.noise` fuses the sampler into one pass with a closed-form backward; the released code
 # runs the inverse-CDF sampler through autograd). So this is a comparison of protocols, not a check of the
 # paper's milliseconds. At inference the noise layer is one multiplication by a cached per-unit scale, plus a
 # check per call that μ and log σ have not changed since the cache was filled; for the small networks, whose
@@ -326,8 +326,8 @@ n_seeds = compaction.groupby(["network", "dataset", "method"], sort=False)["seed
 rows = []
 for (_, r), n in zip(agg.iterrows(), n_seeds):
     rows.append({
-        "network": NET.get(r["network"], r["network"]), "dataset": DS.get(r["dataset"], r["dataset"]),
-        "method": METHOD_LABELS.get(r["method"], r["method"]), "seeds": int(n), "acc. %": fmt(r["test_acc"]),
+        "network": network_label(r["network"]), "dataset": dataset_label(r["dataset"]),
+        "method": method_label(r["method"]), "seeds": int(n), "acc. %": fmt(r["test_acc"]),
         "paper metric %": fmt(r["paper_param_compression_pct"]),
         "params dense (noise / plain)": f"{r['params_dense_with_noise']:,.0f} / {r['params_dense_without_noise']:,.0f}",
         "params shrunk": f"{r['params_shrunk']:,.0f}", "actual %": fmt(r["actual_param_compression_pct"]),
@@ -356,7 +356,7 @@ print("saved", *tables.write_table(comp_table, "cost_compaction", profile=stamp,
 # %%
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(9.0, 3.0 + 0.75 * len(agg)), 4.2), constrained_layout=True,
                                gridspec_kw={"width_ratios": [max(len(agg), 2), 2.2]})
-labels = [f"{NET.get(n, n)} {DS.get(d, d)}\n{METHOD_LABELS.get(m, m)}"
+labels = [f"{network_label(n)} {dataset_label(d)}\n{method_label(m)}"
           for n, d, m in zip(agg["network"], agg["dataset"], agg["method"])]
 kept = {
     "parameters": 100 * agg["params_shrunk"] / agg["params_dense_without_noise"],
@@ -380,7 +380,7 @@ for j, (n, g) in enumerate(agg.groupby("network", sort=False)):
     for b, face in ((1, "none"), (32, color)):
         cut = 100 * (1 - g[f"latency_b{b}_shrunk_ms"] / g[f"latency_b{b}_plain_ms"])
         ax2.scatter(g["mac_reduction_pct"], cut, marker=markers.get(n, "^"), s=32, facecolors=face, edgecolors=color,
-                    label=f"{NET.get(n, n)}, batch {b}" + (" (open)" if b == 1 else ""))
+                    label=f"{network_label(n)}, batch {b}" + (" (open)" if b == 1 else ""))
 ax2.set_xlabel("MAC reduction %")
 ax2.set_ylabel("latency reduction % (vs dense plain)")
 ax2.set_title("Speed-up realised from the MAC reduction", fontsize=9)
@@ -397,7 +397,7 @@ lines = []
 for (n, d), g in agg.groupby(["network", "dataset"], sort=False):
     kept = 100 - g["actual_param_compression_pct"]
     lines.append(
-        f"* **{NET.get(n, n)} / {DS.get(d, d)}** ({len(g)} method(s)): the shrunk networks keep "
+        f"* **{network_label(n)} / {dataset_label(d)}** ({len(g)} method(s)): the shrunk networks keep "
         f"{span(kept.min(), kept.max(), '.1f', ' %')} of the parameters the paper counts (dense, with the noise "
         f"parameters; the paper's metric says {span(g['paper_param_compression_pct'].min(), g['paper_param_compression_pct'].max(), '.1f', ' %')} "
         f"removed) and {span(100 - g['mac_reduction_pct'].max(), 100 - g['mac_reduction_pct'].min(), '.1f', ' %')} of the MACs; "

@@ -18,7 +18,7 @@
 # plan names — **EigenDamage** (Wang et al., 2019; pruning in the Kronecker-factored eigenbasis),
 # **C-OBD** (its parameter-coordinate sibling: diagonal-Fisher saliency of the BMRS units) and
 # **Dirichlet pruning** (Adamczewski & Park, 2021; Dirichlet switches on the units) — under the
-# comparison protocol of `baselines_spec.md` part C, implemented by `bmrs.baselines.protocol`:
+# comparison protocol of `baselines_spec.md` part C, implemented by `bmrs.run.posthoc`:
 #
 # * **Same trained network and seed.** Every post-hoc method starts from the "base" run of the setting and
 #   seed: the network trained with noise layers and no masking for the full schedule (spec 4.5) — the
@@ -32,7 +32,7 @@
 #   profile's `finetune_epochs`, best validation epoch evaluated on test); in the post-training sweeps (b),
 #   one epoch per level, as BMRS. EigenDamage is fine-tuned with cross-entropy only (it has no noise layers).
 # * **Parameters after physical rebuilding.** Compression is counted on the rebuilt network
-#   (`bmrs.compact.shrink` for unit pruning; EigenDamage's rotate → core → rotate layers *with the rotation
+#   (`bmrs.nn.shrink.shrink` for unit pruning; EigenDamage's rotate → core → rotate layers *with the rotation
 #   matrices counted*, spec C.3). EigenDamage removes eigen-directions, not units, so the paper's
 #   unit-based parameter metric (spec 4.6) does not apply to it ("n/a"); it is compared on parameters and
 #   MACs, and the figure's x axis is the actual parameter compression for every method.
@@ -84,12 +84,12 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-import bmrs.baselines.dirichlet
-import bmrs.baselines.eigendamage
-import bmrs.baselines.protocol
-from bmrs import curves as C
-from bmrs import study
-from bmrs.plots import save_figure
+import bmrs.prune.dirichlet
+import bmrs.prune.eigendamage
+import bmrs.run.posthoc
+from bmrs.report import curves as C
+from bmrs.report import study
+from bmrs.report.plots import save_figure
 
 t_start = time.perf_counter()
 np.random.seed(seed)
@@ -101,7 +101,7 @@ print(f"profile={profile} source={source} settings={len(settings)} seeds={seeds}
 # ### The deviations, as the code states them
 
 # %%
-for module in (bmrs.baselines.protocol, bmrs.baselines.eigendamage, bmrs.baselines.dirichlet):
+for module in (bmrs.run.posthoc, bmrs.prune.eigendamage, bmrs.prune.dirichlet):
     doc = inspect.getdoc(module) or ""
     match = re.search(r"^Deviations.*?(?=^\S[^\n]*\n    |\Z)", doc, flags=re.S | re.M)
     text = match.group(0).strip() if match else doc  # protocol.py: the whole docstring is the protocol
@@ -110,7 +110,7 @@ for module in (bmrs.baselines.protocol, bmrs.baselines.eigendamage, bmrs.baselin
 # %% [markdown]
 # ## (a) Continuous-pruning comparison at BMRS_N's compression
 #
-# One run per (setting, method, seed) through `bmrs.study.continuous`: the BMRS variants prune while
+# One run per (setting, method, seed) through `bmrs.report.study.continuous`: the BMRS variants prune while
 # training (spec 4.4), the post-hoc methods prune the base network once to BMRS_N's compression and are
 # fine-tuned with the same budget. Mean ± population std over seeds.
 

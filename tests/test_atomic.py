@@ -1,4 +1,4 @@
-"""bmrs.atomic: a target is replaced whole or not at all, with no temporary file left behind."""
+"""bmrs.util.atomic: a target is replaced whole or not at all, with no temporary file left behind."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from bmrs import atomic
+from bmrs.util import atomic
 
 
 def test_write_text_creates_parents_and_gives_the_umask_mode(tmp_path):

@@ -5,13 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bmrs.baselines import protocol
-from bmrs.baselines.eigendamage import EigenDamage, count_parameters, fold_noise
-from bmrs.criteria import L2, make_criterion, prune_to_fraction
-from bmrs.data import load
-from bmrs.experiments import RunConfig, base_config, load_model, run, run_dir
-from bmrs.models import lenet5, mlp
-from bmrs.noise import noise_layers
+from bmrs.run import posthoc as protocol
+from bmrs.nn.measure import actual_param_compression, plain_parameters
+from bmrs.prune.eigendamage import EigenDamage, count_parameters, fold_noise
+from bmrs.prune.criteria import L2, prune_to_fraction
+from bmrs.prune.registry import make_criterion
+from bmrs.run.data import load
+from bmrs.run.experiments import RunConfig, base_config, load_model, run, run_dir
+from bmrs.nn.models import lenet5, mlp
+from bmrs.nn.noise import noise_layers
 
 SMOKE = dict(dataset="digits", epochs=2, finetune_epochs=1, limit_train=400, limit_test=150, profile="smoke")
 
@@ -43,19 +45,19 @@ def test_the_base_run_never_prunes_and_post_hoc_methods_reuse_it(results):
 
 def test_actual_compression_counts_the_shrunk_network():
     model = mlp((1, 8, 8), hidden=20, n_layers=1)
-    dense = protocol.plain_parameters(model)
+    dense = plain_parameters(model)
     assert dense == (64 * 20 + 20) + (20 * 20 + 20) + (20 * 10 + 10)
     dict(noise_layers(model))["3"].mask[:10] = 0  # 10 of the first 20 units: 10*65 + 10*20 parameters go
-    assert protocol.actual_param_compression(model, dense) == pytest.approx(100 * (10 * 65 + 10 * 20) / dense)
+    assert actual_param_compression(model, dense) == pytest.approx(100 * (10 * 65 + 10 * 20) / dense)
 
 
 def test_bisection_finds_the_level_matching_a_target_compression():
     model = lenet5(1)
-    dense = protocol.plain_parameters(model)
-    level = protocol._bisect(lambda f: protocol.actual_param_compression(protocol._masked(model, L2(), f), dense),
+    dense = plain_parameters(model)
+    level = protocol._bisect(lambda f: actual_param_compression(protocol._masked(model, L2(), f), dense),
                              60.0)
     prune_to_fraction(model, L2(), level)
-    assert protocol.actual_param_compression(model, dense) == pytest.approx(60.0, abs=2.0)
+    assert actual_param_compression(model, dense) == pytest.approx(60.0, abs=2.0)
 
 
 def test_eigendamage_matches_a_parameter_budget_counting_rotations():

@@ -1,4 +1,4 @@
-"""bmrs.compact: shrunk networks equal the masked ones, are smaller by the expected amount, and round-trip."""
+"""bmrs.nn.shrink: shrunk networks equal the masked ones, are smaller by the expected amount, and round-trip."""
 
 from __future__ import annotations
 
@@ -10,9 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from bmrs import compact, experiments
-from bmrs.models import Classifier, InputSpec, TorchvisionClassifier, lenet5, mlp, resnet, vit
-from bmrs.noise import noise_layers
+from bmrs.nn import measure
+from bmrs.nn import shrink as compact
+from bmrs.run import store
+
+from bmrs.run import experiments
+from bmrs.nn.models import Classifier, InputSpec, TorchvisionClassifier, lenet5, mlp, resnet, vit
+from bmrs.nn.noise import noise_layers
 
 TOL = 1e-5
 
@@ -70,7 +74,7 @@ def _roundtrip(shrunk: nn.Module, tmp_path) -> None:
     assert not [p for p in (tmp_path / "c").iterdir() if p.name.startswith(".")], "temporary files left behind"
     loaded = compact.load_compact(tmp_path / "c")
     assert type(loaded) is type(shrunk)
-    assert compact.count_parameters(loaded) == compact.count_parameters(shrunk)
+    assert measure.count_parameters(loaded) == measure.count_parameters(shrunk)
     x = _inputs(shrunk, seed=5)
     with torch.no_grad():
         assert torch.equal(loaded(x), shrunk(x))
@@ -98,8 +102,8 @@ def test_mlp_shrinks_exactly_and_round_trips(tmp_path):
     _assert_equal_outputs(model, shrunk)
     kept = [_kept(layer) for _, layer in noise_layers(model)]
     assert min(kept) < 20
-    assert compact.count_parameters(shrunk) == _mlp_params(64, kept, 10)
-    removed = compact.count_parameters(model) - compact.count_parameters(shrunk)
+    assert measure.count_parameters(shrunk) == _mlp_params(64, kept, 10)
+    removed = measure.count_parameters(model) - measure.count_parameters(shrunk)
     assert removed == _mlp_params(64, [20] * 3, 10) - _mlp_params(64, kept, 10) + 2 * 60
     assert not list(noise_layers(shrunk))
     assert shrunk.compact_architecture["units"][0]["kept"] == \
@@ -117,8 +121,8 @@ def test_lenet5_shrinks_exactly_and_round_trips(channels, tmp_path):
     kept = [_kept(layer) for _, layer in noise_layers(model)]
     full = [6 * channels, 16 * channels, 120 * channels, 84 * channels]
     assert all(k < f for k, f in zip(kept, full))
-    assert compact.count_parameters(shrunk) == _lenet_params(channels, kept)
-    assert compact.count_parameters(model) - compact.count_parameters(shrunk) == \
+    assert measure.count_parameters(shrunk) == _lenet_params(channels, kept)
+    assert measure.count_parameters(model) - measure.count_parameters(shrunk) == \
         _lenet_params(channels, full) - _lenet_params(channels, kept) + 2 * sum(full)
     assert [m.out_channels for m in shrunk if isinstance(m, nn.Conv2d)] == kept[:2]
     fc1 = next(m for m in shrunk if isinstance(m, nn.Linear))
@@ -140,7 +144,7 @@ def test_float64_model_matches_to_rounding():
 def test_unpruned_model_keeps_every_unit():
     model = lenet5(1).eval()
     shrunk = compact.shrink(model)
-    assert compact.count_parameters(shrunk) == compact.count_parameters(model) - 2 * 226
+    assert measure.count_parameters(shrunk) == measure.count_parameters(model) - 2 * 226
     _assert_equal_outputs(model, shrunk)
 
 
@@ -155,7 +159,7 @@ def test_whole_mlp_layer_pruned_folds_into_a_constant(tmp_path):
     assert isinstance(shrunk[0], compact.ConstantFeatures)
     k2 = _kept(layers[2])
     # Constant(k2 = the third Linear's kept biases) -> Tanh -> Linear(k2, 10)
-    assert compact.count_parameters(shrunk) == k2 + k2 * 10 + 10
+    assert measure.count_parameters(shrunk) == k2 + k2 * 10 + 10
     x = _inputs(model)
     with torch.no_grad():
         out = shrunk(x)
@@ -172,7 +176,7 @@ def test_whole_lenet5_conv_layer_pruned_folds_into_a_constant_map(tmp_path):
     shrunk = compact.shrink(model)
     _assert_equal_outputs(model, shrunk)
     k2, k3, k4 = (_kept(layer) for layer in layers[1:])
-    assert compact.count_parameters(shrunk) == k2 + (k3 * k2 * 25 + k3) + (k4 * k3 + k4) + (10 * k4 + 10)
+    assert measure.count_parameters(shrunk) == k2 + (k3 * k2 * 25 + k3) + (k4 * k3 + k4) + (10 * k4 + 10)
     assert shrunk[0].spatial == (10, 10)
     _roundtrip(shrunk, tmp_path)
 
@@ -184,7 +188,7 @@ def test_head_layer_pruned_to_nothing_gives_the_head_bias():
         model[-1].bias.copy_(torch.arange(5.0) - 2)
     shrunk = compact.shrink(model)
     _assert_equal_outputs(model, shrunk)
-    assert compact.count_parameters(shrunk) == 5
+    assert measure.count_parameters(shrunk) == 5
     with torch.no_grad():
         assert torch.equal(shrunk(_inputs(model))[0], model[-1].bias)
 
@@ -244,7 +248,7 @@ def test_resnet_matches_masked_and_removes_residual_channels_pruned_by_every_mem
     kept_stage1 = int(torch.stack([_bn(model, m).noise.mask != 0 for m in stage1.members]).any(0).sum())
     assert kept_stage1 <= (64 if depth == 18 else 256) - 10
     assert not list(noise_layers(shrunk))
-    assert compact.count_parameters(shrunk) < compact.count_parameters(model) - 2 * sum(
+    assert measure.count_parameters(shrunk) < measure.count_parameters(model) - 2 * sum(
         layer.num_units for _, layer in noise_layers(model))
     if depth == 18:
         _roundtrip(shrunk, tmp_path)
@@ -306,7 +310,7 @@ def test_vit_matches_masked_and_drops_pruned_rows(tmp_path):
             expected_removed += 2 * e + 3 * e * e + 3 * e  # ln_1 and the in-projection are dead too
         if km == 0:
             expected_removed += 2 * e + e * h + h  # ln_2 and the first MLP layer
-    assert compact.count_parameters(model) - compact.count_parameters(shrunk) == expected_removed
+    assert measure.count_parameters(model) - measure.count_parameters(shrunk) == expected_removed
     new_blocks = list(shrunk.net.encoder.layers)
     assert new_blocks[0].self_attention is None and new_blocks[1].mlp is None
     assert new_blocks[1].self_attention.out_proj.out_features == _kept(blocks[1].self_attention.noise)
@@ -331,15 +335,15 @@ def test_macs_latency_and_report():
     model = lenet5(1)
     x = model.example_input(1)
     # conv1 6·25·28² + conv2 16·6·25·10² + fc 400·120 + 120·84 + 84·10
-    assert compact.count_macs(model, x) == 117600 + 240000 + 48000 + 10080 + 840
+    assert measure.count_macs(model, x) == 117600 + 240000 + 48000 + 10080 + 840
     before = torch.get_num_threads()
-    lat = compact.measure_latency(model, x, threads=1, repeats=5, warmup=1)
+    lat = measure.measure_latency(model, x, threads=1, repeats=5, warmup=1)
     assert torch.get_num_threads() == before
     assert lat["threads"] == 1 and lat["median_s"] > 0 and lat["iqr_s"] >= 0 and lat["batch"] == 1
     _randomise_noise(model, torch.Generator().manual_seed(2), keep=0.3)
-    rep = compact.report(model, repeats=3, warmup=1)
+    rep = measure.report(model, repeats=3, warmup=1)
     assert rep["params"]["dense_with_noise"] == 62158 and rep["params"]["dense_without_noise"] == 61706
-    assert rep["params"]["shrunk"] == compact.count_parameters(compact.shrink(model))
+    assert rep["params"]["shrunk"] == measure.count_parameters(compact.shrink(model))
     assert rep["macs"]["shrunk"] < rep["macs"]["dense"]
     assert rep["max_abs_output_diff"] <= TOL
     assert set(rep["latency"]) == {"batch1", "batch32"} and rep["latency"]["batch32"]["dense"]["batch"] == 32
@@ -349,12 +353,12 @@ def test_macs_latency_and_report():
 
 def test_compact_run_errors_name_the_path_and_the_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m bmrs train"):
-        compact.compact_run(tmp_path / "missing")
+        store.compact_run(tmp_path / "missing")
     cfg = experiments.RunConfig("mnist", "lenet5", "bmrs_n", epochs=3)
     run = tmp_path / cfg.run_id
     experiments.write_json_atomic(run / "config.json", {"run": cfg.hashed_fields()})
     with pytest.raises(FileNotFoundError, match=f"{run}.*unfinished.*--network lenet5.*--epochs 3"):
-        compact.compact_run(run)
+        store.compact_run(run)
 
 
 def test_compact_run_writes_model_and_report(tmp_path, monkeypatch):
@@ -366,16 +370,16 @@ def test_compact_run_writes_model_and_report(tmp_path, monkeypatch):
     experiments.write_json_atomic(run / "metrics.json", {"status": "complete"})
     torch.save(model.state_dict(), run / "model.pt")
 
-    def fake_load_model(c, results_dir=None):  # experiments.load_model needs bmrs.data.describe
+    def fake_load_model(c, results_dir=None):  # experiments.load_model needs bmrs.run.data.describe
         assert c == cfg and (results_dir / c.run_id) == run
         fresh = lenet5(1)
         fresh.load_state_dict(torch.load(run / "model.pt", weights_only=True))
         return fresh
 
     monkeypatch.setattr(experiments, "load_model", fake_load_model)
-    rep = compact.compact_run(run, threads=1, repeats=2)
+    rep = store.compact_run(run, threads=1, repeats=2)
     assert {p.name for p in (run / "compact").iterdir()} == {"state_dict.pt", "architecture.json", "report.json"}
     assert json.loads((run / "compact" / "report.json").read_text())["params"] == rep["params"]
     loaded = compact.load_compact(run / "compact")
-    assert compact.count_parameters(loaded) == rep["params"]["shrunk"]
+    assert measure.count_parameters(loaded) == rep["params"]["shrunk"]
     _assert_equal_outputs(model, loaded)

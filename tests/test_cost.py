@@ -1,7 +1,7 @@
-"""bmrs.cost: step times with and without noise layers, the paper's ratios, compaction of finished runs.
+"""bmrs.report.cost: step times with and without noise layers, the paper's ratios, compaction of finished runs.
 
 Small networks and few steps: the tests check the promised columns, that times and ratios are positive and
-finite, that the thread count is restored, and that compaction agrees with bmrs.compact — not the speeds.
+finite, that the thread count is restored, and that compaction agrees with bmrs.nn.shrink — not the speeds.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 import torch
 
-from bmrs import cost
-from bmrs import experiments as ex
-from bmrs.models import mlp
-from bmrs.noise import noise_layers
+from bmrs.report import cost
+from bmrs.run import experiments as ex
+from bmrs.nn.models import mlp
+from bmrs.nn.noise import noise_layers
 
 SMOKE = dict(dataset="digits", network="mlp", epochs=1, finetune_epochs=1, limit_train=200, limit_test=100,
              batch_size=32)
@@ -177,7 +177,7 @@ def test_compaction_table(finished_run, threads_guard):
     assert p["units_pruned"] > 0 and p["params_shrunk"] < p["params_plain"] and p["macs_shrunk"] < p["macs_dense"]
     assert 0 < p["mac_reduction_pct"] < 100 and math.isfinite(p["realised_fraction_b32"])
     assert p["paper_param_compression_pct"] > 0
-    # what bmrs.compact wrote next to the run
+    # what bmrs.nn.shrink wrote next to the run
     report = json.loads((pruned / "compact" / "report.json").read_text())
     assert report["params"]["shrunk"] == p["params_shrunk"] and report["macs"]["shrunk"] == p["macs_shrunk"]
 
@@ -188,7 +188,7 @@ def test_resolve_run_dir_and_errors(finished_run, tmp_path):
     assert cost.resolve_run_dir(str(run)) == run
     with pytest.raises(ValueError, match="profile"):
         cost.resolve_run_dir((dict(SMOKE), "bmrs_n_code", 1000))
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match=r"unknown run settings \['epoch'\] \(did you mean 'epoch' -> 'epochs'"):
         cost.resolve_run_dir(({**SMOKE, "epoch": 3}, "snr", 1), profile="smoke")
     with pytest.raises(FileNotFoundError, match="python -m bmrs train"):
         cost.compaction_table([(dict(SMOKE), "snr", 7)], profile="smoke", results_dir=root, repeats=1, log=None)
@@ -202,8 +202,8 @@ def test_resolve_run_dir_and_errors(finished_run, tmp_path):
 
 
 def test_compaction_summary_round_trip(finished_run, tmp_path, monkeypatch):
-    """The summary a notebook saves reads back with the same columns (bmrs.study CSVs)."""
-    from bmrs import study
+    """The summary a notebook saves reads back with the same columns (bmrs.report.study CSVs)."""
+    from bmrs.report import study
 
     root, _, _, pruned = finished_run
     monkeypatch.setattr(study, "SUMMARY_DIR", tmp_path / "summary")

@@ -7,14 +7,15 @@ import math
 import pytest
 import torch
 
-from bmrs import distributions as dist
-from bmrs.criteria import (BMRSN, BMRSU, L2, SNR, ExpectedTheta, apply_criterion, global_keep_masks,
-                           make_criterion, prune_to_fraction, threshold_table)
-from bmrs.graph import trace_unit_groups
-from bmrs.metrics import paper_compression
-from bmrs.models import lenet5, mlp, resnet, vit
-from bmrs.noise import noise_layers
-from bmrs.reduction import delta_f_bmrs_n, delta_f_bmrs_u
+from bmrs.core import distributions as dist
+from bmrs.prune.criteria import (BMRSN, BMRSU, L2, SNR, ExpectedTheta, apply_criterion, global_keep_masks,
+                           prune_to_fraction, threshold_table)
+from bmrs.prune.registry import make_criterion
+from bmrs.nn.graph import trace_unit_groups
+from bmrs.nn.paper_metric import paper_compression
+from bmrs.nn.models import lenet5, mlp, resnet, vit
+from bmrs.nn.noise import noise_layers
+from bmrs.core.reduction import delta_f_bmrs_n, delta_f_bmrs_u
 
 
 def _randomise(model: torch.nn.Module, seed: int = 0) -> None:
@@ -145,7 +146,8 @@ def test_paper_compression_counts_rows_columns_and_noise_parameters_once():
 
 def test_paper_compression_undercounts_lenet5_where_compact_counts_exactly():
     """The paper's rule skips the fc1 columns of pruned conv2 channels; the shrunk network drops them."""
-    from bmrs.compact import count_parameters, shrink
+    from bmrs.nn.measure import count_parameters
+    from bmrs.nn.shrink import shrink
 
     model = lenet5(1)
     layers = dict(noise_layers(model))

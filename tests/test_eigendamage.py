@@ -9,16 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bmrs.baselines.eigendamage import (
+from bmrs.prune.eigendamage import (
     COBD, EigenBasis, EigenBottleneck, EigenDamage, KFactors, bottleneck_size, collect_kfac, count_macs,
     count_parameters, eigen_basis, fold_noise, layer_matrix, prunable_layers, recalibrate_bn, rotate_and_score,
     select,
 )
-from bmrs.criteria import prune_to_fraction
-from bmrs.data import TensorSplit
-from bmrs.models import lenet5, mlp
-from bmrs.noise import MultiplicativeNoise, noise_layers
-from bmrs.train import TrainConfig, evaluate, make_optimizer, train_epoch
+from bmrs.prune.criteria import prune_to_fraction
+from bmrs.run.data import TensorSplit
+from bmrs.nn.models import lenet5, mlp
+from bmrs.nn.noise import MultiplicativeNoise, noise_layers
+from bmrs.nn.measure import evaluate
+from bmrs.run.train import TrainConfig, make_optimizer, train_epoch
 
 CPU = torch.device("cpu")
 
@@ -248,12 +249,12 @@ def test_size_check_keeps_small_layers_dense():
 # --------------------------------------------------------------------------------------------------
 
 def _small_resnet():
-    from bmrs.models import resnet
+    from bmrs.nn.models import resnet
     return resnet(18, 10, image_size=32)
 
 
 def _small_vit():
-    from bmrs.models import vit
+    from bmrs.nn.models import vit
     return vit(10, image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64)
 
 
@@ -284,7 +285,7 @@ def test_fold_noise_gives_identical_eval_outputs(build):
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    from bmrs import data
+    from bmrs.run import data
     try:
         return data.load("digits", network="lenet5", seed=1, limit_train=300, limit_test=150,
                          root=tmp_path_factory.mktemp("data"), cache=False)

@@ -1,7 +1,7 @@
-"""Tests of bmrs.noise: the multiplicative noise layer (spec 2.1-2.4) and the model KL term.
+"""Tests of bmrs.nn.noise: the multiplicative noise layer (spec 2.1-2.4) and the model KL term.
 
 The fused training-mode sampler (noise._SampleNoise, closed-form backward) is compared with the
-plain-autograd reference bmrs.distributions.sample_theta fed the very same uniforms, in values and in
+plain-autograd reference bmrs.core.distributions.sample_theta fed the very same uniforms, in values and in
 gradients w.r.t. x, mu and log_sigma, including masked units and posteriors far outside [a, b].
 """
 
@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from bmrs import distributions as D
-from bmrs import noise as N
+from bmrs.core import distributions as D
+from bmrs.nn import noise as N
 
 UNIT_MU = [0.0, -10.0, -19.5, -25.0, 3.0, -1000.0, 1000.0, -5.0, -15.0, -20.0, -19.999, -0.5, -1.0, -21.0]
 UNIT_LOG_SIGMA = [-5.0, -2.0, 0.0, -1.0, -3.0, 2.0, 1.0, 5.0, -20.0, 0.5, -10.0, 1.0, 3.0, 0.0]

@@ -21,7 +21,7 @@ import nbformat  # noqa: E402
 import pytest  # noqa: E402
 
 from bmrs import notebook_runner as runner  # noqa: E402
-from bmrs.plots import PROFILE_STAMP_GID, plot_priors, save_figure  # noqa: E402
+from bmrs.report.plots import PROFILE_STAMP_GID, plot_priors, save_figure  # noqa: E402
 
 REPO = runner.REPO_ROOT
 
@@ -291,7 +291,7 @@ def test_results_dir_from_environment(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------------------------------
-# bmrs.plots: saving and the priors panel
+# bmrs.report.plots: saving and the priors panel
 # --------------------------------------------------------------------------------------------------
 
 def test_save_figure_is_deterministic_and_stamped(tmp_path):
@@ -361,7 +361,7 @@ def test_every_notebook_starts_with_the_guarded_colab_cell_and_its_script_works(
 
 
 def test_study_configure_checks_source_and_threads_and_sets_the_summary_roots(tmp_path, monkeypatch):
-    from bmrs import study
+    from bmrs.report import study
 
     monkeypatch.setattr(study, "SUMMARY_DIR", study.SUMMARY_DIR)
     monkeypatch.setattr(study, "REFERENCE_DIR", study.REFERENCE_DIR)

@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from bmrs import notebook_runner as runner  # noqa: E402
-from bmrs.plots import plot_figure1, plot_p1_sweep, save_figure  # noqa: E402
+from bmrs.report.plots import plot_figure1, plot_p1_sweep, save_figure  # noqa: E402
 
 NOTEBOOKS = ("02_figure1_units", "03_continuous_pruning", "05_bmrs_u_precision")
 FIGURES = ("fig1_units", "fig4_p1_sweep")
@@ -165,6 +165,6 @@ def test_plot_p1_sweep():
 
 
 def test_p1_sweep_accepts_any_p1():
-    from bmrs import experiments as ex
+    from bmrs.run import experiments as ex
 
     ex.RunConfig(dataset="digits", network="mlp", method="bmrs_u12").validate()

@@ -1,4 +1,4 @@
-"""Tests of bmrs.reduction: ΔF for BMRS_N (spec 2.7) and BMRS_U (spec 2.8).
+"""Tests of bmrs.core.reduction: ΔF for BMRS_N (spec 2.7) and BMRS_U (spec 2.8).
 
 ΔF = log ∫ q(x) p̃(x)/p(x) dx is checked against scipy quadrature of that integral (conftest.
 TruncNormQuad) and against the paper's Eq. 8 / Eq. 10 evaluated verbatim at 150 digits
@@ -19,7 +19,7 @@ from scipy import optimize, stats
 from scipy.special import ndtr
 
 import mp_reference as R
-from bmrs import reduction as Rd
+from bmrs.core import reduction as Rd
 from conftest import TruncNormQuad, assert_close_rel, grid_points, labels_of
 
 RTOL = 1e-6
@@ -440,7 +440,7 @@ def test_the_parallel_delta_f_kernels_leave_torchs_thread_count_alone():
     import sys
 
     code = ("import torch; torch.set_num_threads(1); x = torch.randn(300, 300); x @ x\n"
-            "from bmrs.reduction import delta_f_bmrs_n, delta_f_bmrs_u\n"
+            "from bmrs.core.reduction import delta_f_bmrs_n, delta_f_bmrs_u\n"
             "delta_f_bmrs_n(torch.zeros(5), torch.ones(5)); delta_f_bmrs_u(torch.zeros(5), torch.ones(5))\n"
             "print(torch.get_num_threads())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

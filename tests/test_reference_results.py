@@ -39,7 +39,7 @@ TABLES = ("table1_continuous", "table2_continuous", "bmrs_n_variants", "continuo
 def test_reference_summaries_are_committed_and_from_the_quick_profile():
     for name in SUMMARIES:
         path = REFERENCE / f"{name}.csv"
-        assert path.is_file() and path.stat().st_size > 0, f"{path} missing: python -m bmrs.study publish --profile quick"
+        assert path.is_file() and path.stat().st_size > 0, f"{path} missing: python -m bmrs.report.study publish --profile quick"
     continuous = pd.read_csv(REFERENCE / "continuous.csv")
     assert set(continuous["profile"]) == {"quick"}
     assert {"mlp", "lenet5"} <= set(continuous["network"]) and set(continuous["dataset"]) == {"fashion_mnist"}

@@ -1,4 +1,4 @@
-"""bmrs.tables: ours beside the paper, on small synthetic summaries (nothing trains)."""
+"""bmrs.report.tables: ours beside the paper, on small synthetic summaries (nothing trains)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bmrs import paper, tables
-from bmrs.experiments import METHOD_LABELS
+from bmrs.report import paper
+
+from bmrs.report import tables
+from bmrs.report.labels import METHOD_LABELS
 
 
 def _summary(rows: list[dict]) -> pd.DataFrame:
@@ -183,8 +185,8 @@ def test_collapse_threshold_matches_the_papers_wording():
 
 
 def test_unit_prune_counts():
-    from bmrs import distributions as dist
-    from bmrs.reduction import delta_f_bmrs_n
+    from bmrs.core import distributions as dist
+    from bmrs.core.reduction import delta_f_bmrs_n
     import torch
 
     mu = torch.tensor([-19.0, -18.0, -1.0, -0.1, -10.0], dtype=torch.float64)

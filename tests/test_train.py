@@ -9,13 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bmrs import cli
-from bmrs.criteria import SNR, BMRSN, apply_criterion
-from bmrs.data import TensorSplit, load
-from bmrs.experiments import METHODS, ResultsCorruptError, RunConfig, run, run_dir
-from bmrs.models import lenet5, mlp, resnet, vit
-from bmrs.noise import model_kl, noise_layers
-from bmrs.train import PruningPlan, TrainConfig, Trainer, TrainingInterrupted, post_training_sweep
+from bmrs.run import cli
+from bmrs.prune.criteria import SNR, BMRSN, apply_criterion
+from bmrs.run.data import TensorSplit, load
+from bmrs.run.config import METHODS, RunConfig
+from bmrs.run.experiments import ResultsCorruptError, run, run_dir
+from bmrs.nn.models import lenet5, mlp, resnet, vit
+from bmrs.nn.noise import model_kl, noise_layers
+from bmrs.run.train import PruningPlan, TrainConfig, Trainer, TrainingInterrupted, post_training_sweep
 
 SMOKE = dict(dataset="digits", epochs=2, finetune_epochs=1, limit_train=400, limit_test=150, profile="smoke")
 
@@ -24,6 +25,7 @@ def _strip_times(metrics: dict) -> dict:
     out = json.loads(json.dumps({"history": metrics["history"], "final": metrics["final"]}))
     for rec in out["history"]:
         rec.pop("seconds")
+        rec.pop("time_split", None)  # wall-clock split of the epoch (train, prune, eval, metric, checkpoint)
     out["final"].pop("train_seconds")
     return out
 
@@ -43,7 +45,7 @@ def test_every_method_runs_end_to_end_on_real_data(results, network, method):
     assert not (out / "checkpoint.pt").exists()
     final = metrics["final"]
     assert 0.0 <= final["test_acc"] <= 100.0 and final["test_acc"] > 15.0  # better than chance on digits
-    post_hoc = method == "l2"  # prunes the shared base network once, then fine-tunes (bmrs.baselines.protocol)
+    post_hoc = method == "l2"  # prunes the shared base network once, then fine-tunes (bmrs.run.posthoc)
     assert len(metrics["history"]) == (1 if post_hoc else 3) and metrics["history"][-1]["phase"] == "finetune"
     assert metrics["config"]["method"] == method and metrics["status"] == "complete"
     assert metrics["data_source"]
@@ -204,9 +206,9 @@ def test_real_fashion_mnist_smoke_run_when_the_system_copy_is_present(tmp_path):
 def test_a_run_stored_under_an_older_compression_rule_is_recomputed_when_summarised(tmp_path, monkeypatch):
     """study rows take the paper metric from the stored run when it was computed with the current rule, and
     recompute it from the saved model (never retraining) when it was not."""
-    from bmrs import study
-    from bmrs.experiments import load_model
-    from bmrs.metrics import PAPER_METRIC_VERSION, paper_compression
+    from bmrs.report import study
+    from bmrs.run.experiments import load_model
+    from bmrs.nn.paper_metric import PAPER_METRIC_VERSION, paper_compression
 
     setting = {"dataset": "digits", "network": "lenet5", "epochs": 2, "finetune_epochs": 1, "limit_train": 400,
                "limit_test": 150}
@@ -230,7 +232,7 @@ def test_the_base_network_keeps_its_last_epoch_and_post_hoc_runs_are_defined_by_
     """Spec 4.5: post-training criteria prune the network trained for the full schedule, so the base run
     keeps the last epoch's weights (no best-validation selection), and a post-hoc run's identity includes
     its base run."""
-    from bmrs.experiments import base_config, load_model
+    from bmrs.run.experiments import base_config, load_model
 
     cfg = RunConfig(network="mlp", method="l2", **SMOKE)
     base = base_config(cfg)
@@ -242,7 +244,7 @@ def test_the_base_network_keeps_its_last_epoch_and_post_hoc_runs_are_defined_by_
     assert len(history) == 3 and not any(r.get("best") for r in history)
     model = load_model(base.replace(epochs=3), tmp_path)
     bundle = load("digits", network="mlp", seed=base.seed, limit_train=400, limit_test=150)
-    from bmrs.train import evaluate
+    from bmrs.nn.measure import evaluate
 
     assert evaluate(model, bundle.val, device=torch.device("cpu"))["acc"] == pytest.approx(history[-1]["val_acc"])
     with pytest.raises(ValueError, match="selection must be 'best_val' or 'last'"):

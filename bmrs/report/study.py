@@ -1,0 +1,240 @@
+"""The paper's studies as functions of a profile: launch (or reuse) runs, collect small summary tables.
+
+Notebooks call these with the settings of their profile section (configs/<profile>.yaml). Every run goes
+through :mod:`bmrs.run.experiments`, so finished runs are reused across notebooks and reruns. Each study
+returns a pandas DataFrame and writes it as CSV under ``results/summary/<profile>/``; the figure and
+table code reads only those CSVs. The quick profile's CSVs are committed under ``results/reference/``
+so that figures and tables can be regenerated without training (``source="reference"``).
+
+Summaries (one row each):
+
+* ``continuous``    — a continuous-pruning run (Tables 1, 2, the 2π comparison, Figure 4):
+                      dataset, network, method, seed, p1, test_acc, param_compression_pct (spec 4.6),
+                      actual_param_compression_pct (physically shrunk), structure_compression_pct, ...
+* ``posttrain``     — a point of a post-training sweep (Figure 2): dataset, network, seed, criterion,
+                      level, test_acc, param_compression_pct, actual_param_compression_pct, ...
+* ``ranks``         — a rank correlation (Figures 3, 6, 7): dataset, network, seed, row, col, spearman
+* ``units``         — per-unit posterior statistics of a trained network (Figure 1): layer, unit,
+                      expected_theta, delta_f, kept
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from bmrs.run import experiments as ex
+from bmrs.run import grid
+from bmrs.util.atomic import atomic_path
+from bmrs.nn.paper_metric import PAPER_METRIC_VERSION, paper_compression
+
+SUMMARY_DIR = Path(os.environ.get("BMRS_SUMMARY_DIR", "results/summary"))
+REFERENCE_DIR = Path(os.environ.get("BMRS_REFERENCE_DIR", "results/reference"))
+_RUN_FIELDS = {f for f in ex.RunConfig.__dataclass_fields__} - {"dataset", "network", "method", "seed", "profile"}
+SOURCES = ("run", "reference")
+
+
+def _check_source(source: str) -> None:
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {', '.join(map(repr, SOURCES))}; got {source!r}")
+
+
+def configure(*, source: str, summary_dir: Path | str, reference_dir: Path | str, torch_threads: int = 0) -> None:
+    """What every study notebook does first, from its parameters: check ``source`` ("run": run or reuse the
+    runs and write summaries under ``summary_dir``; "reference": read ``reference_dir``, train nothing), point
+    this module's summary roots at those directories, and, when ``torch_threads`` > 0, set the thread count
+    of torch and of the numba ΔF kernels to it (0 keeps the defaults; 1 avoids oversubscribing a busy CPU)."""
+    global SUMMARY_DIR, REFERENCE_DIR
+    _check_source(source)
+    if not isinstance(torch_threads, int) or torch_threads < 0:
+        raise ValueError(f"torch_threads must be an integer >= 0 (0: leave the defaults); got {torch_threads!r}")
+    SUMMARY_DIR, REFERENCE_DIR = Path(summary_dir), Path(reference_dir)
+    if torch_threads > 0:
+        import numba
+        import torch
+
+        numba.set_num_threads(min(torch_threads, numba.config.NUMBA_NUM_THREADS))
+        torch.set_num_threads(torch_threads)
+
+
+def summary_path(name: str, profile: str, source: str = "run", directory: Path | str | None = None) -> Path:
+    """Where a summary CSV lives: <directory or results/summary>/<profile>/<name>.csv for source "run",
+    <directory or results/reference>/<name>.csv for source "reference"."""
+    _check_source(source)
+    if source == "reference":
+        return Path(directory or REFERENCE_DIR) / f"{name}.csv"
+    return Path(directory or SUMMARY_DIR) / profile / f"{name}.csv"
+
+
+def save_summary(df: pd.DataFrame, name: str, profile: str, directory: Path | str | None = None) -> Path:
+    """Write a summary atomically (temp file + rename)."""
+    path = summary_path(name, profile, directory=directory)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+    return path
+
+
+def load_summary(name: str, profile: str, source: str = "run", directory: Path | str | None = None) -> pd.DataFrame:
+    """Read a summary; a missing file raises FileNotFoundError saying how to produce it."""
+    path = summary_path(name, profile, source, directory)
+    if not path.exists():
+        hint = ("commit the quick profile's summaries with `python -m bmrs.report.study publish`" if source == "reference"
+                else f"run the notebook that produces it (./run_all.sh --profile {profile})")
+        raise FileNotFoundError(f"{path} does not exist; {hint}")
+    return pd.read_csv(path)
+
+
+def _run_config(setting: dict[str, Any], method: str, seed: int, profile: str) -> ex.RunConfig:
+    return grid.run_config(setting, method, seed, profile)
+
+
+def _compressions(cfg: ex.RunConfig, final: dict[str, Any], results_dir) -> tuple[Any, Any]:
+    """(paper-metric, actual) parameter compression of a run. Taken from its metrics when they are there and
+    the paper metric was stored under the current rule; otherwise recomputed from the saved model (runs
+    stored before a rule change stay usable without retraining). Neither applies to 'none'; EigenDamage
+    stores both as its rebuilt network's actual compression."""
+    paper, actual = final.get("param_compression_pct"), final.get("actual_param_compression_pct")
+    if cfg.method in ("none", "eigendamage"):
+        return paper, actual
+    current = final.get("paper_metric_version") == PAPER_METRIC_VERSION
+    if current and actual is not None:
+        return paper, actual
+    from bmrs.run.posthoc import actual_param_compression, plain_parameters
+    from bmrs.nn.noise import noise_layers
+
+    model = ex.load_model(cfg, results_dir)
+    if not any(True for _ in noise_layers(model)):
+        return paper, actual
+    if not current:
+        paper = paper_compression(model).parameter_pct
+    if actual is None:
+        actual = actual_param_compression(model, plain_parameters(model))
+    return paper, actual
+
+
+def continuous(settings: Iterable[dict[str, Any]], methods: Iterable[str], seeds: Iterable[int], *, profile: str,
+               results_dir: Path | str | None = None, log=print) -> pd.DataFrame:
+    """Run every (setting, method, seed) and collect one row per run (Tables 1, 2)."""
+    rows = []
+    for setting in settings:
+        for seed in seeds:
+            for method in methods:
+                cfg = _run_config(setting, method, seed, profile)
+                log(f"[continuous] {cfg.network} / {cfg.dataset} / {method} / seed {seed}")
+                m = ex.run(cfg, results_dir=results_dir, log=lambda _: None)
+                rows.append(_row(cfg, m, results_dir))
+    return pd.DataFrame(rows)
+
+
+def _row(cfg: ex.RunConfig, metrics: dict[str, Any], results_dir) -> dict[str, Any]:
+    f = metrics["final"]
+    paper, actual = _compressions(cfg, f, results_dir)
+    train = cfg.train_config()
+    settings = {k: v for k, v in cfg.hashed_fields().items() if k not in ("dataset", "network", "method", "seed", "base")}
+    return {"dataset": cfg.dataset, "network": cfg.network, "method": cfg.method, "seed": cfg.seed,
+            "profile": cfg.profile, "train_epochs": train.epochs, "finetune_epochs": train.finetune_epochs,
+            "settings": repr(settings),
+            "test_acc": f["test_acc"], "val_acc": f.get("val_acc"),
+            "param_compression_pct": paper,
+            "actual_param_compression_pct": actual,
+            "structure_compression_pct": f.get("structure_compression_pct"),
+            "epochs_run": len(metrics.get("history") or []),
+            "wall_seconds": metrics.get("wall_seconds"), "run_id": metrics.get("run_id")}
+
+
+def p1_sweep(setting: dict[str, Any], p1_values: Iterable[float], seeds: Iterable[int], *, profile: str,
+             results_dir: Path | str | None = None, log=print) -> pd.DataFrame:
+    """Continuous pruning with BMRS_U for each p1 (Figure 4)."""
+    rows = []
+    for p1 in p1_values:
+        method = {8: "bmrs_u8", 4: "bmrs_u4"}.get(p1, f"bmrs_u{p1:g}")
+        df = continuous([setting], [method], seeds, profile=profile, results_dir=results_dir, log=log)
+        rows.append(df.assign(p1=p1))
+    return pd.concat(rows, ignore_index=True)
+
+
+def posttrain(settings: Iterable[dict[str, Any]], seeds: Iterable[int], criteria: Iterable[str],
+              levels: Iterable[float], *, profile: str, results_dir: Path | str | None = None,
+              log=print) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Post-training studies (Figure 2; Figures 3, 6, 7): sweep records and rank correlations."""
+    curves, ranks = [], []
+    for setting in settings:
+        _, own_levels = grid.split_setting(setting)
+        lv = own_levels if own_levels is not None else tuple(float(x) for x in levels)
+        for seed in seeds:
+            base = _run_config(setting, "base", seed, profile)
+            log(f"[post-training] {base.network} / {base.dataset} / seed {seed}: {len(lv)} levels x "
+                f"{len(list(criteria))} criteria")
+            result = ex.run_posttrain(base, tuple(criteria), lv, finetune_epochs_per_level=grid.SWEEP_FINETUNE_EPOCHS,
+                                      results_dir=results_dir, log=log)
+            for name, records in result["curves"].items():
+                for r in records:
+                    curves.append({"dataset": base.dataset, "network": base.network, "seed": seed, **r,
+                                   "criterion_name": r["criterion"], "criterion": name})
+            for row, cols in result["ranks"].items():
+                for col, value in cols.items():
+                    ranks.append({"dataset": base.dataset, "network": base.network, "seed": seed, "row": row,
+                                  "col": col, "spearman": value})
+    return pd.DataFrame(curves), pd.DataFrame(ranks)
+
+
+def unit_statistics(setting: dict[str, Any], method: str, seed: int, *, profile: str,
+                    results_dir: Path | str | None = None) -> pd.DataFrame:
+    """Per-unit E[θ], ΔF_N (both variants) and mask of a finished run's network (Figure 1)."""
+    from bmrs.core import distributions as dist
+    from bmrs.nn.noise import noise_layers
+    from bmrs.core.reduction import delta_f_bmrs_n
+
+    cfg = _run_config(setting, method, seed, profile)
+    ex.run(cfg, results_dir=results_dir)
+    model = ex.load_model(cfg, results_dir)
+    rows = []
+    for name, layer in noise_layers(model):
+        mu, sigma = layer.mu.detach().double(), layer.sigma.detach().double()
+        e = dist.expected_theta(mu, sigma, a=layer.a, b=layer.b)
+        df = delta_f_bmrs_n(mu, sigma, a=layer.a, b=layer.b)
+        dfc = delta_f_bmrs_n(mu, sigma, a=layer.a, b=layer.b, include_2pi=False)
+        for i in range(layer.num_units):
+            rows.append({"dataset": cfg.dataset, "network": cfg.network, "method": cfg.method, "seed": seed,
+                         "layer": name, "unit": i, "mu": float(mu[i]), "log_sigma": float(layer.log_sigma[i].detach()),
+                         "expected_theta": float(e[i]), "delta_f": float(df[i]), "delta_f_code": float(dfc[i]),
+                         "kept": bool(layer.mask[i] > 0)})
+    return pd.DataFrame(rows)
+
+
+def publish_reference(profile: str = "quick", names: Iterable[str] | None = None) -> list[Path]:
+    """Copy a profile's summaries to results/reference/ (what the repository commits)."""
+    src = SUMMARY_DIR / profile
+    if not src.exists():
+        raise FileNotFoundError(f"{src} does not exist; run ./run_all.sh --profile {profile} first")
+    REFERENCE_DIR.mkdir(parents=True, exist_ok=True)
+    out = []
+    for path in sorted(src.glob("*.csv")):
+        if names is not None and path.stem not in set(names):
+            continue
+        target = REFERENCE_DIR / path.name
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(path.read_bytes())
+        out.append(target)
+    return out
+
+
+def _main() -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bmrs.report.study")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("publish", help="copy results/summary/<profile>/*.csv to results/reference/")
+    p.add_argument("--profile", default="quick")
+    args = parser.parse_args()
+    for path in publish_reference(args.profile):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
+
