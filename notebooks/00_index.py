@@ -128,7 +128,7 @@ if not missing.empty:
 #
 # Each deviation is stated in the module (or file) named in the last column; the notebook checks that the
 # statement is still there (column "found"), so this list cannot silently drift from the code. The baselines'
-# deviations from *their* authors' code are read out of the docstrings of `bmrs/baselines/*.py`, and any
+# deviations from *their* authors' code are read out of the docstrings of `bmrs/prune/dirichlet.py` and `bmrs/prune/eigendamage.py`, and any
 # bullet of the README's deviations section not covered here is appended.
 
 # %%
@@ -136,44 +136,44 @@ DEVIATIONS = [
     ("ΔF_N: the library's default is the paper's Eq. 8 (with 2π); the released code omits the 2π "
      "(ΔF_code = ΔF_Eq.8 + ½ log 2π ≈ +0.919). The paper's BMRS_N numbers come from the code, so tables show "
      "`bmrs_n_code` in the paper's row and `bmrs_n` beside it.", "released code",
-     [("bmrs/reduction.py", "include_2pi"), ("README.md", "2π")]),
+     [("bmrs/core/reduction.py", "include_2pi"), ("README.md", "2π")]),
     ("Noise placement follows the released code (after Tanh/ReLU in the MLP and LeNet5, after every BatchNorm "
-     "in ResNet), not the pre-activation of the paper's Eq. 1.", "paper", [("bmrs/models.py", "not Eq. 1")]),
+     "in ResNet), not the pre-activation of the paper's Eq. 1.", "paper", [("bmrs/nn/models.py", "not Eq. 1")]),
     ("ViT: noise on the attention output projection and the MLP output of every block (the released code's "
      "placement, 24 × 768 units), not on 'the output of each transformer block' as the paper says.", "paper",
-     [("bmrs/models.py", "2.12.3")]),
+     [("bmrs/nn/models.py", "2.12.3")]),
     ("ViT weights: torchvision's ViT-B/16 ImageNet weights instead of the HF checkpoint "
      "google/vit-base-patch16-224 the authors used.", "paper and released code",
-     [("bmrs/models.py", "google/vit-base-patch16-224")]),
+     [("bmrs/nn/models.py", "google/vit-base-patch16-224")]),
     ("Classifier heads are sized to the dataset's classes; the authors kept the 1000-way ImageNet heads "
      "(`keep_imagenet_head=True` / `--keep-imagenet-head` restores it).", "released code",
-     [("bmrs/models.py", "keep_imagenet_head"), ("README.md", "1000-way")]),
+     [("bmrs/nn/models.py", "keep_imagenet_head"), ("README.md", "1000-way")]),
     ("E[θ] baseline: absent from the released code; implemented as 'prune iff E[θ] ≤ 0.1'.", "released code",
-     [("bmrs/criteria.py", "absent from the released code")]),
+     [("bmrs/prune/criteria.py", "absent from the released code")]),
     ("Datasets the paper did not use (`mnist_5k`, `digits`) take the MNIST hyperparameters.", "paper",
-     [("bmrs/experiments.py", "mnist_5k and digits"), ("README.md", "mnist_5k")]),
+     [("bmrs/run/data.py", "mnist_5k and digits"), ("README.md", "mnist_5k")]),
     ("`mnist_5k` and `digits` have no official test set: a fixed permutation (seed 0, 20 %) splits off a test "
      "set that is the same for every seed; the rest is split train/val by the run's seed.", "paper",
-     [("bmrs/data.py", "fixed permutation")]),
+     [("bmrs/run/data.py", "fixed permutation")]),
     ("Quick profile: the noise parameters (μ, log σ) get a 10× learning rate (`noise_lr_scale: 10`) so their "
      "posteriors move as far in a tenth of the steps; the paper profile uses 1.", "paper",
-     [("bmrs/train.py", "noise_lr_scale"), ("configs/quick.yaml", "noise_lr_scale: 10")]),
+     [("bmrs/run/train.py", "noise_lr_scale"), ("configs/quick.yaml", "noise_lr_scale: 10")]),
     ("Quick and smoke profiles: one seed, shortened schedules and training subsets (`limit_train`); the "
      "paper: 10 seeds (3 for Table 2), 50 + 10 epochs (100 + 10 for Table 2).", "paper",
      [("configs/quick.yaml", "shortened")]),
     ("ResNet/ViT can run at a reduced input resolution (`image_size`) for CPU runs; the paper: 224 px.", "paper",
-     [("bmrs/data.py", "replaces the 224-pixel input")]),
+     [("bmrs/run/data.py", "replaces the 224-pixel input")]),
     ("Compression is reported twice: by the paper's rule (spec 4.6, as the released code counts: a pruned unit's "
      "outgoing weights count only where the shapes line up, so LeNet5's flattened conv2 → fc1 columns and ResNet's "
      "residual consumers are left out; on the paper-preset F-MNIST LeNet5 BMRS_N run 88.4 % against the paper's "
      "88.02 ± 1.00 %) and as the actual compression of the physically shrunk network (95.9 % for that run).",
-     "paper", [("bmrs/metrics.py", "the shapes line up"), ("bmrs/compact.py", "physically remove"),
+     "paper", [("bmrs/nn/paper_metric.py", "the shapes line up"), ("bmrs/nn/shrink.py", "physically remove"),
                ("README.md", "shapes line up")]),
     ("Table 2 seeds are not stated in the paper; the paper profile uses [1000, 1001, 666] (its Figure 4 script's).",
      "paper", [("configs/paper.yaml", "not stated in the paper")]),
     ("Tables 3/4: the paper does not say whether 'Train' includes the backward pass; both readings are timed "
      "(train step and train forward), as ratios, since absolute ms depend on the machine.", "paper",
-     [("bmrs/cost.py", "spec 8")]),
+     [("bmrs/report/cost.py", "spec 8")]),
     ("Figure 5's 'Grad' baseline is not reproduced (undefined in the paper, absent from the code).", "paper",
      [("notebooks/00_index.py", "Grad")]),
 ]
@@ -221,8 +221,8 @@ def docstring_items(path: str, heading: str) -> list[str]:
     return [re.split(r"(?<!i\.e)(?<!e\.g)\.\s+(?=[A-Z])", it, maxsplit=1)[0].rstrip(".") + "." for it in items]
 
 
-for path, heading, who in (("bmrs/baselines/dirichlet.py", "Deviations from the authors' code", "Dirichlet pruning's code"),
-                           ("bmrs/baselines/eigendamage.py", "Deviations from the authors' code", "EigenDamage's code")):
+for path, heading, who in (("bmrs/prune/dirichlet.py", "Deviations from the authors' code", "Dirichlet pruning's code"),
+                           ("bmrs/prune/eigendamage.py", "Deviations from the authors' code", "EigenDamage's code")):
     items = docstring_items(path, heading)
     for i, it in enumerate(items, start=1):
         rows.append({"deviation": it, "from": who, "stated in": f"{path} (item {i})", "found": "yes"})

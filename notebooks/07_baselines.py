@@ -42,7 +42,7 @@
 #   the robust number.
 #
 # Deviations from the original methods (each with its spec item) are listed in the docstrings of
-# `bmrs/baselines/eigendamage.py`, `dirichlet.py` and `protocol.py`; the cell after the parameters prints
+# `bmrs/prune/eigendamage.py`, `dirichlet.py` and `protocol.py`; the cell after the parameters prints
 # them so that this notebook always states the current ones.
 #
 # With `source="reference"` nothing is trained: the committed summaries `results/reference/baselines.csv`

@@ -57,8 +57,8 @@ def test_index_notebook_smoke(tmp_path, capsys):
     assert "not reproduced" in paper_map and "MISSING" not in paper_map
     deviations = (tables / "index_deviations.md").read_text()
     assert "NOT FOUND" not in deviations  # every deviation is still stated where the index says
-    for module in ("bmrs/models.py", "bmrs/train.py", "bmrs/data.py", "bmrs/experiments.py",
-                   "bmrs/baselines/dirichlet.py", "bmrs/baselines/eigendamage.py", "README.md"):
+    for module in ("bmrs/nn/models.py", "bmrs/run/train.py", "bmrs/run/data.py",
+                   "bmrs/prune/dirichlet.py", "bmrs/prune/eigendamage.py", "README.md"):
         assert module in deviations, module
     profiles = (tables / "index_profiles.md").read_text()
     assert "06_cost" in profiles and "table4_image_size" in profiles

@@ -68,7 +68,7 @@ def test_table1_has_the_paper_columns_rows_and_numbers(fmnist_mlp):
     assert list(dict.fromkeys(t.columns.get_level_values(1))) == [q for q, _, _ in tables.QUANTITIES]
     # rows: the paper's methods in the paper's order with its labels, then the extra Eq. 8 row, per network
     methods = [m for _, m in t.index[: len(tables.ROW_METHODS)]]
-    assert methods[:7] == ["None", "L2", "E[theta]", "SNR", "BMRS_N", "BMRS_U-8", "BMRS_U-4"]
+    assert methods[:7] == ["None", "L2", "E[θ]", "SNR", "BMRS_N", "BMRS_U-8", "BMRS_U-4"]
     assert methods[7].startswith(METHOD_LABELS["bmrs_n"]) and "extra row" in methods[7]
     assert [n for n in dict.fromkeys(t.index.get_level_values(0))] == ["MLP", "LeNet5"]
     # every paper number of Table 1 appears in its cell
@@ -122,7 +122,7 @@ def test_extra_dataset_and_table2_not_run():
     assert _cell(t, "mlp", "none", "digits", "Acc. % paper") == tables.NOT_REPORTED
     t2 = tables.comparison_table(df, "table2")
     assert list(dict.fromkeys(t2.columns.get_level_values(0))) == ["CIFAR10", "TinyImagenet"]
-    assert list(dict.fromkeys(t2.index.get_level_values(0))) == ["Res50-Pretrained", "Vision Transformer"]
+    assert list(dict.fromkeys(t2.index.get_level_values(0))) == ["ResNet-50", "ViT-B/16"]
     assert _cell(t2, "resnet50", "bmrs_n_code", "cifar10", "Acc. % paper") == "89.62 ± 0.41"
     assert _cell(t2, "vit_b16", "bmrs_u4", "cifar10", "Comp. % paper") == "67.16 ± 0.21"
     ours = t2.xs("Acc. % ours", axis=1, level=1)

@@ -25,7 +25,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
+import torch
 
+from bmrs.core import distributions as dist
+from bmrs.core.reduction import delta_f_bmrs_n
+from bmrs.nn.measure import actual_param_compression, plain_parameters
+from bmrs.nn.noise import noise_layers
 from bmrs.run import experiments as ex
 from bmrs.run import grid
 from bmrs.util.atomic import atomic_path
@@ -33,7 +38,6 @@ from bmrs.nn.paper_metric import PAPER_METRIC_VERSION, paper_compression
 
 SUMMARY_DIR = Path(os.environ.get("BMRS_SUMMARY_DIR", "results/summary"))
 REFERENCE_DIR = Path(os.environ.get("BMRS_REFERENCE_DIR", "results/reference"))
-_RUN_FIELDS = {f for f in ex.RunConfig.__dataclass_fields__} - {"dataset", "network", "method", "seed", "profile"}
 SOURCES = ("run", "reference")
 
 
@@ -53,8 +57,7 @@ def configure(*, source: str, summary_dir: Path | str, reference_dir: Path | str
         raise ValueError(f"torch_threads must be an integer >= 0 (0: leave the defaults); got {torch_threads!r}")
     SUMMARY_DIR, REFERENCE_DIR = Path(summary_dir), Path(reference_dir)
     if torch_threads > 0:
-        import numba
-        import torch
+        import numba  # deferred: only a thread-count change needs it
 
         numba.set_num_threads(min(torch_threads, numba.config.NUMBA_NUM_THREADS))
         torch.set_num_threads(torch_threads)
@@ -102,8 +105,6 @@ def _compressions(cfg: ex.RunConfig, final: dict[str, Any], results_dir) -> tupl
     current = final.get("paper_metric_version") == PAPER_METRIC_VERSION
     if current and actual is not None:
         return paper, actual
-    from bmrs.run.posthoc import actual_param_compression, plain_parameters
-    from bmrs.nn.noise import noise_layers
 
     model = ex.load_model(cfg, results_dir)
     if not any(True for _ in noise_layers(model)):
@@ -150,7 +151,7 @@ def p1_sweep(setting: dict[str, Any], p1_values: Iterable[float], seeds: Iterabl
     """Continuous pruning with BMRS_U for each p1 (Figure 4)."""
     rows = []
     for p1 in p1_values:
-        method = {8: "bmrs_u8", 4: "bmrs_u4"}.get(p1, f"bmrs_u{p1:g}")
+        method = grid.p1_method(p1)
         df = continuous([setting], [method], seeds, profile=profile, results_dir=results_dir, log=log)
         rows.append(df.assign(p1=p1))
     return pd.concat(rows, ignore_index=True)
@@ -184,9 +185,6 @@ def posttrain(settings: Iterable[dict[str, Any]], seeds: Iterable[int], criteria
 def unit_statistics(setting: dict[str, Any], method: str, seed: int, *, profile: str,
                     results_dir: Path | str | None = None) -> pd.DataFrame:
     """Per-unit E[θ], ΔF_N (both variants) and mask of a finished run's network (Figure 1)."""
-    from bmrs.core import distributions as dist
-    from bmrs.nn.noise import noise_layers
-    from bmrs.core.reduction import delta_f_bmrs_n
 
     cfg = _run_config(setting, method, seed, profile)
     ex.run(cfg, results_dir=results_dir)

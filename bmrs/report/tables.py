@@ -32,7 +32,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import torch
+from scipy.stats import spearmanr
+from tabulate import tabulate
+
+from bmrs.core import distributions as dist
+from bmrs.core.reduction import bmrs_u_threshold, delta_f_bmrs_u
 from bmrs.report import paper
+from bmrs.run import data
+from bmrs.run.config import preset
 from bmrs.util.atomic import write_text
 from bmrs.report.labels import dataset_label, method_label as _method_label, network_label
 
@@ -180,7 +188,6 @@ def _epochs_of(summary: pd.DataFrame) -> str:
 
 def epochs_text(settings: Iterable[Mapping[str, Any]]) -> str:
     """'mlp/fashion_mnist: 5 + 2 fine-tune' per setting (from RunConfig fields; preset values when absent)."""
-    from bmrs.run.experiments import preset
 
     parts = []
     for s in settings:
@@ -295,7 +302,6 @@ def variants_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 def chance_accuracy(dataset: str) -> float:
     """100 / number of classes of a dataset (percent)."""
-    from bmrs.run import data
 
     info = data.DATASETS.get(dataset)
     return 100.0 / (info.num_classes if info is not None else 10)
@@ -424,10 +430,7 @@ def unit_prune_counts(units: pd.DataFrame, *, a: float | None = None, b: float |
     from the per-unit posteriors of a ``units`` summary (mu, log_sigma, expected_theta, delta_f,
     delta_f_code, kept). L2 has no fixed rule (it is pruned to BMRS_N's structure fraction), so its
     count equals BMRS_N's (code) by construction. Columns: criterion, rule, pruned, of, percent."""
-    import torch
 
-    from bmrs.core import distributions as dist
-    from bmrs.core.reduction import delta_f_bmrs_u
 
     a = dist.DEFAULT_A if a is None else a
     b = dist.DEFAULT_B if b is None else b
@@ -463,7 +466,6 @@ def unit_prune_counts(units: pd.DataFrame, *, a: float | None = None, b: float |
 def p1_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Our BMRS_U accuracy and compression per p1 (mean ± std over seeds) with the pruning threshold on
     the posterior mass; the paper gives no numbers for Figure 4 (spec 5)."""
-    from bmrs.core.reduction import bmrs_u_threshold
 
     rows = []
     if len(summary):
@@ -485,7 +487,6 @@ def p1_table(summary: pd.DataFrame) -> pd.DataFrame:
 def p1_claims(summary: pd.DataFrame) -> pd.DataFrame:
     """Figure 4's claims on our sweep (per setting): compression rises as p1 falls (Spearman ρ(p1, comp.)
     < 0), and accuracy rises with compression (ρ(comp., acc.) > 0). Columns: claim, setting, paper, ours, verdict."""
-    from scipy.stats import spearmanr
 
     rows = []
     for (net, ds), g in summary.groupby(["network", "dataset"], sort=False) if len(summary) else []:
@@ -522,7 +523,6 @@ def _flat_columns(df: pd.DataFrame) -> list[str]:
 
 def to_markdown(df: pd.DataFrame) -> str:
     """GitHub-flavoured Markdown via tabulate (MultiIndex rows and columns are flattened)."""
-    from tabulate import tabulate
 
     flat = df.copy()
     flat.columns = _flat_columns(df)
