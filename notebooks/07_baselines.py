@@ -18,12 +18,13 @@
 # plan names — **EigenDamage** (Wang et al., 2019; pruning in the Kronecker-factored eigenbasis),
 # **C-OBD** (its parameter-coordinate sibling: diagonal-Fisher saliency of the BMRS units) and
 # **Dirichlet pruning** (Adamczewski & Park, 2021; Dirichlet switches on the units) — under the
-# comparison protocol of `baselines_spec.md` part C, implemented by `bmrs.run.posthoc`:
+# comparison protocol below, implemented by `bmrs.run.posthoc` (the post-training protocol of the released
+# BMRS code, `compression_vs_accuracy_separate.py`, with every method on the same network and budget):
 #
 # * **Same trained network and seed.** Every post-hoc method starts from the "base" run of the setting and
-#   seed: the network trained with noise layers and no masking for the full schedule (spec 4.5) — the
+#   seed: the network trained with noise layers and no masking for the full schedule — the
 #   network the post-training sweeps of notebook 04 prune. EigenDamage needs a plain network: the noise
-#   is folded into the weights as its test-time scale E[θ] (spec C.2, option (b)).
+#   is folded into the weights as its test-time scale E[θ]·mask (`bmrs.prune.eigendamage.fold_noise`).
 # * **Same compression.** In the continuous-pruning comparison (a), C-OBD, Dirichlet and EigenDamage are
 #   pruned to the *actual* parameter compression BMRS_N (the released code's variant, `bmrs_n_code`) reached
 #   on the same setting and seed, by bisection over their own pruning level; L2 keeps the paper's rule
@@ -33,17 +34,18 @@
 #   one epoch per level, as BMRS. EigenDamage is fine-tuned with cross-entropy only (it has no noise layers).
 # * **Parameters after physical rebuilding.** Compression is counted on the rebuilt network
 #   (`bmrs.nn.shrink.shrink` for unit pruning; EigenDamage's rotate → core → rotate layers *with the rotation
-#   matrices counted*, spec C.3). EigenDamage removes eigen-directions, not units, so the paper's
-#   unit-based parameter metric (spec 4.6) does not apply to it ("n/a"); it is compared on parameters and
-#   MACs, and the figure's x axis is the actual parameter compression for every method.
+#   matrices counted*, as the EigenDamage authors count them). EigenDamage removes eigen-directions, not
+#   units, so the paper's unit-based parameter metric does not apply to it ("n/a"); it is compared on
+#   parameters and MACs, and the figure's x axis is the actual parameter compression for every method.
 # * **Latency**: the pruned and the dense deployable networks timed side by side (batch 32, one thread,
 #   20 interleaved rounds); for the post-hoc methods as recorded by their runs (`final["latency_batch32"]`),
 #   for the BMRS runs measured here the same way. Absolute times depend on the machine; the speed-up is
 #   the robust number.
 #
-# Deviations from the original methods (each with its spec item) are listed in the docstrings of
-# `bmrs/prune/eigendamage.py`, `dirichlet.py` and `protocol.py`; the cell after the parameters prints
-# them so that this notebook always states the current ones.
+# Deviations from the original methods (EigenDamage: Wang et al., ICML 2019, code
+# `alecwangcq/EigenDamage-Pytorch`; Dirichlet pruning: Adamczewski & Park, 2021, code
+# `kamadforge/dirichlet_pruning`) are listed in the docstrings of `bmrs/prune/eigendamage.py`,
+# `bmrs/prune/dirichlet.py` and `bmrs/run/posthoc.py`; the cell after the parameters prints them so that this notebook always states the current ones.
 #
 # With `source="reference"` nothing is trained: the committed summaries `results/reference/baselines.csv`
 # and `posttrain_baselines.csv` are read instead.
@@ -75,20 +77,17 @@ averaging: str = "interp"  # interp (common compression grid) or index (the pape
 latency_repeats: int = 20  # interleaved timing rounds for the BMRS runs (the post-hoc runs time 20)
 
 # %%
-import inspect
-import re
 import time
 
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 from IPython.display import Markdown, display
 
 import bmrs.prune.dirichlet
 import bmrs.prune.eigendamage
 import bmrs.run.posthoc
+from bmrs.report import claims, deviations, study
 from bmrs.report import curves as C
-from bmrs.report import study
 from bmrs.report.plots import save_figure
 
 t_start = time.perf_counter()
@@ -102,16 +101,13 @@ print(f"profile={profile} source={source} settings={len(settings)} seeds={seeds}
 
 # %%
 for module in (bmrs.run.posthoc, bmrs.prune.eigendamage, bmrs.prune.dirichlet):
-    doc = inspect.getdoc(module) or ""
-    match = re.search(r"^Deviations.*?(?=^\S[^\n]*\n    |\Z)", doc, flags=re.S | re.M)
-    text = match.group(0).strip() if match else doc  # protocol.py: the whole docstring is the protocol
-    display(Markdown(f"**`{module.__name__}`**\n\n```text\n{text}\n```"))
+    display(Markdown(f"**`{module.__name__}`**\n\n```text\n{deviations.deviation_section(module)}\n```"))
 
 # %% [markdown]
 # ## (a) Continuous-pruning comparison at BMRS_N's compression
 #
 # One run per (setting, method, seed) through `bmrs.report.study.continuous`: the BMRS variants prune while
-# training (spec 4.4), the post-hoc methods prune the base network once to BMRS_N's compression and are
+# training (Algorithm 1), the post-hoc methods prune the base network once to BMRS_N's compression and are
 # fine-tuned with the same budget. Mean ± population std over seeds.
 
 # %%
@@ -155,15 +151,7 @@ plt.show()
 plt.close(fig)
 
 knee_table = C.knees(curves, x=x_metric, averaging=averaging)
-stops = C.stopping_points(curves, x=x_metric)
-display(Markdown(C.markdown(pd.DataFrame({
-    "setting": [C.setting_label(d, n) for d, n in zip(knee_table["dataset"], knee_table["network"])],
-    "criterion": [C.label(c) for c in knee_table["criterion"]],
-    "knee comp. %": [f"{v:.1f}" if d else "undefined" for v, d in zip(knee_table["knee_x"], knee_table["defined"])],
-    "knee acc. %": [f"{v:.2f}" if d else "—" for v, d in zip(knee_table["knee_acc"], knee_table["defined"])],
-    "resolution (pp)": [f"{v:.1f}" if d else "—" for v, d in zip(knee_table["resolution"], knee_table["defined"])],
-    "curve ends at %": [f"{v:.1f}" for v in knee_table["curve_x_max"]],
-}))))
+display(Markdown(C.markdown(C.knees_table(knee_table, setting=True, distance=False))))
 
 # %% [markdown]
 # ## (c) Which method wins where
@@ -174,61 +162,7 @@ display(Markdown(C.markdown(pd.DataFrame({
 # compression (mean over seeds) and (3) where each curve's knee lies.
 
 # %%
-def best_of(acc: pd.Series, tie: float = 0.005) -> str:
-    """'best X (a %)', or 'tie between X, Y (a %)' when several are within `tie` points of the best."""
-    top = float(acc.max())
-    winners = [C.label(m) for m, a in acc.items() if a >= top - tie]
-    return (f"best {winners[0]} ({top:.2f} %)" if len(winners) == 1
-            else f"tie between {', '.join(winners)} ({top:.2f} %)")
-
-
-lines = []
-reference = "bmrs_n_code"
-for dataset, network in C.settings_of(table_rows):
-    t = table_rows[(table_rows["dataset"] == dataset) & (table_rows["network"] == network)]
-    means = t.groupby("method")[["test_acc", "actual_param_compression_pct"]].mean()
-    head = f"**{C.setting_label(dataset, network)}**"
-    if reference in means.index:
-        target = means.loc[reference, "actual_param_compression_pct"]
-        matched = means.drop(index=[m for m in ("bmrs_u8", "bmrs_u4") if m in means.index])
-        order = matched.sort_values("test_acc", ascending=False)
-        ranking = ", ".join(f"{C.label(m)} {r.test_acc:.2f} % (at {r.actual_param_compression_pct:.1f} %)"
-                            for m, r in order.iterrows())
-        lines.append(f"{head} — continuous pruning at BMRS_N's actual compression {target:.1f} %: "
-                     f"{best_of(order['test_acc'])}; ranking: {ranking}.")
-        for u in ("bmrs_u8", "bmrs_u4"):
-            if u in means.index:
-                r = means.loc[u]
-                lines.append(f"  {C.label(u)} reaches {r.actual_param_compression_pct:.1f} % at {r.test_acc:.2f} % "
-                             f"({r.test_acc - means.loc[reference, 'test_acc']:+.2f} pp accuracy vs BMRS_N, "
-                             f"{r.actual_param_compression_pct - target:+.1f} pp compression).")
-    else:
-        lines.append(f"{head} — BMRS_N was not run; no matched comparison.")
-for dataset, network in C.settings_of(curves):
-    sub = curves[(curves["dataset"] == dataset) & (curves["network"] == network)]
-    head = f"**{C.setting_label(dataset, network)}, post-training curves**"
-    st = stops[(stops["dataset"] == dataset) & (stops["network"] == network) & (stops["criterion"] == reference)]
-    if not st.empty:
-        at = float(st["x"].mean())
-        accs = {c: C.accuracy_at(sub, c, at, x=x_metric, averaging=averaging) for c in C.present_criteria(sub)}
-        reach = {c: a for c, a in accs.items() if np.isfinite(a)}
-        if reach:
-            lines.append(f"{head} — at BMRS_N's stopping compression {at:.1f} %: {best_of(pd.Series(reach))}; "
-                         + ", ".join(f"{C.label(c)} {a:.2f} %" for c, a in reach.items())
-                         + (f"; not reached by {', '.join(C.label(c) for c in accs if c not in reach)}"
-                            if len(reach) < len(accs) else "") + ".")
-    k = knee_table[(knee_table["dataset"] == dataset) & (knee_table["network"] == network) & knee_table["defined"]]
-    if not k.empty:
-        full = k[~k["criterion"].isin(C.BMRS_CRITERIA)]  # BMRS curves end at their stopping points
-        pool = full if not full.empty else k
-        right = pool.loc[pool["knee_x"].idxmax()]
-        high = pool.loc[pool["knee_acc"].idxmax()]
-        lines.append(f"  Knees: furthest right {C.label(right['criterion'])} ({right['knee_x']:.1f} % at "
-                     f"{right['knee_acc']:.2f} %), most accurate {C.label(high['criterion'])} ({high['knee_x']:.1f} % "
-                     f"at {high['knee_acc']:.2f} %); " + ", ".join(
-                         f"{C.label(r.criterion)} {r.knee_x:.1f} %" for r in k.itertuples()) + ".")
-    else:
-        lines.append(f"{head} — no curve has a defined knee (flat or convex curves).")
+lines = claims.baselines_findings(table_rows, curves, x=x_metric, averaging=averaging)
 display(Markdown("\n\n".join(lines)))
-print("\n".join(re.sub(r"\*\*", "", line) for line in lines))
+print("\n".join(line.replace("**", "") for line in lines))
 print(f"done in {time.perf_counter() - t_start:.1f} s (profile {profile}, source {source})")

@@ -63,21 +63,44 @@ def test_scores_match_the_closed_forms():
     torch.testing.assert_close(L2().scores(model)["6"], w.reshape(16, -1).norm(dim=1))
 
 
-@pytest.mark.parametrize("criterion", [ExpectedTheta(), SNR(), BMRSN(), BMRSN(include_2pi=False), BMRSU(p1=8),
-                                       BMRSU(p1=4)], ids=repr)
-def test_fixed_rules_prune_exactly_where_the_paper_says(criterion):
-    model = mlp((1, 8, 8), hidden=40, n_layers=1)
-    _randomise(model, seed=3)
-    scores = criterion.scores(model)
+#: Posteriors (μ, log σ) whose verdict under each rule is known without the library (x = log θ on [−20, 0]):
+#: 0. μ = 0, σ = e⁻⁵: θ ≈ 1 and sharp. E[θ] ≈ 1, SNR ≈ 1/σ ≈ 148, no density at log θ = −20, no mass below 2⁻⁴: all keep.
+#: 1. μ = −10, σ = e⁻⁵: θ ≈ e⁻¹⁰ ≈ 4.5e-5 (E[θ] prunes) but sharp (SNR keeps); the mass sits inside
+#:    [2⁻²³, 2⁻⁸] = [e^−15.9, e^−5.5]: both BMRS_U prune; no density at −20: BMRS_N keeps.
+#: 2. μ = −20, σ = e^0.5: half a normal above the lower bound: E[θ] ≈ 7.4 e⁻²⁰, SNR ≈ 0.37 (both prune);
+#:    (b − a)·q_x(a) = 20 · φ(0)/(σ · ½) ≈ 9.7 ≥ 1: BMRS_N prunes (Eq. 8 and the code alike); mass in
+#:    [2⁻²³, 2⁻ᵖ¹] only P(|z| > 4.06/σ) ≈ 0.014, below 0.52 and 0.66: both BMRS_U keep.
+#: 3. μ = −4, σ = e⁻⁵: θ ≈ e⁻⁴ ≈ 0.018 ≤ 0.1 (E[θ] prunes), sharp (SNR keeps); −4 lies inside [−15.9, −2.8] (p1 = 4,
+#:    prune) but above −5.5 (p1 = 8, keep); BMRS_N keeps.
+#: 4. μ = −30, σ = 1: far below the support, so q piles up at log θ = −20 as an exponential with rate 10:
+#:    (b − a)·q_x(a) ≈ 20 · 10 = 200 (BMRS_N prunes), E[θ] ≈ 1.1 e⁻²⁰ (prunes), but θ/e⁻²⁰ has SNR ≈ 9 (keeps);
+#:    the released code clamps μ to −20 for BMRS_U: mass above −15.9 is P(|z| > 4.06) ≈ 5e-5: both keep.
+#: 5. μ = −16.2, σ = 2: (b − a)·q_x(a) = 20 · φ(1.9)/(2 Φ(1.9)) ≈ 0.68, between 1/√(2π) ≈ 0.40 and 1: Eq. 8
+#:    keeps (ΔF ≈ log 0.68 < 0), the code's variant (+0.919) prunes; E[θ] ≈ e⁻¹⁶ and SNR ≈ 0.14 prune; the
+#:    mass in [2⁻²³, 2⁻ᵖ¹] ≈ 0.46 is below both BMRS_U thresholds: keep.
+KNOWN_POSTERIORS = [(0.0, -5.0), (-10.0, -5.0), (-20.0, 0.5), (-4.0, -5.0), (-30.0, 0.0), (-16.2, math.log(2.0))]
+KNOWN_KEEP = {  # 1 = kept, 0 = pruned, unit by unit
+    "etheta": [1, 0, 0, 0, 0, 0],
+    "snr": [1, 1, 0, 1, 1, 0],
+    "bmrs_n": [1, 1, 0, 1, 0, 1],
+    "bmrs_n_code": [1, 1, 0, 1, 0, 0],
+    "bmrs_u8": [1, 0, 1, 1, 1, 1],
+    "bmrs_u4": [1, 0, 1, 0, 1, 1],
+}
+
+
+@pytest.mark.parametrize("name, criterion", [("etheta", ExpectedTheta()), ("snr", SNR()), ("bmrs_n", BMRSN()),
+                                             ("bmrs_n_code", BMRSN(include_2pi=False)), ("bmrs_u8", BMRSU(p1=8)),
+                                             ("bmrs_u4", BMRSU(p1=4))], ids=lambda v: v if isinstance(v, str) else "")
+def test_fixed_rules_prune_exactly_where_the_paper_says(name, criterion):
+    model = mlp((1, 8, 8), hidden=len(KNOWN_POSTERIORS), n_layers=0)
+    (_, layer), = noise_layers(model)
+    with torch.no_grad():
+        layer.mu.copy_(torch.tensor([m for m, _ in KNOWN_POSTERIORS]))
+        layer.log_sigma.copy_(torch.tensor([s for _, s in KNOWN_POSTERIORS]))
     result = apply_criterion(model, criterion)
-    for name, layer in noise_layers(model):
-        s = scores[name]
-        if isinstance(criterion, (BMRSN, BMRSU)):
-            expected = s < 0  # keep iff dF < 0, prune iff dF >= 0
-        else:
-            expected = s > criterion.threshold  # prune iff score <= threshold
-        assert torch.equal(layer.mask.bool(), expected)
-    assert 0 < result.units_kept < result.units_total  # the random posteriors straddle every rule
+    assert layer.mask.tolist() == KNOWN_KEEP[name]
+    assert result.units_kept == sum(KNOWN_KEEP[name]) and result.units_total == len(KNOWN_POSTERIORS)
 
 
 def test_masks_are_recomputed_from_scratch():
@@ -136,7 +159,7 @@ def test_paper_compression_counts_rows_columns_and_noise_parameters_once():
     assert comp.params_total == 62158 and comp.units_pruned == 1
     assert comp.params_removed == 2 + 25 + 400
     layers["6"].mask[3] = 0  # one conv2 channel: 2 + its 6*5*5 filter minus the 25 entries already removed;
-    comp = paper_compression(model)  # its 25 fc1 columns are NOT counted (shapes do not line up, spec 4.6)
+    comp = paper_compression(model)  # its 25 fc1 columns are NOT counted (shapes do not line up: the released code's rule)
     assert comp.params_removed == (2 + 25 + 400) + (2 + 150 - 25)
     layers["11"].mask[0] = 0  # one fc1 unit: its row (400) + 84 fc2 entries
     comp = paper_compression(model)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -219,6 +217,35 @@ def test_accuracy_at():
     assert np.isnan(C.accuracy_at(df, "bmrs_n_code", 99.0, x="param_compression_pct"))
 
 
+def test_stops_table_and_text_show_the_stopping_points_against_the_knee():
+    res = C.stops_vs_knee(C.normalize_curves(synthetic_posttrain()), tolerance=5.0)
+    t = C.stops_table(res).set_index("variant")
+    assert list(t.columns) == ["seeds", "stop comp. %", "stop acc. %", "marker (max over seeds)", "SNR knee", "dx (pp)",
+                               "allowed dx (pp)", "SNR acc. at stop", "near knee"]
+    assert t.loc["BMRS_N", "stop comp. %"].startswith("74.0 ± ") and t.loc["BMRS_N", "dx (pp)"] == "+4.0"
+    assert t.loc["BMRS_N", "near knee"] == "yes" and t.loc["BMRS_U-8", "near knee"] == "no"
+    assert t.loc["BMRS_U-4", "marker (max over seeds)"].startswith("91.0 % @ ")
+    assert t.loc["BMRS_N", "SNR knee"].startswith("70.0 % @ ")
+    lines = C.stops_text(res)
+    assert len(lines) == 3 and lines[0].startswith("BMRS_N: stops at 74.0 %") and lines[0].endswith("-> near the knee")
+    assert lines[1].endswith("-> not near the knee")
+    flat = res.assign(knee_x=np.nan, dx=np.nan, allowed=np.nan, near=False)
+    assert C.stops_table(flat)["SNR knee"].tolist() == ["undefined"] * 3
+    assert C.stops_table(flat)["dx (pp)"].tolist() == ["n/a"] * 3
+    assert "the SNR curve has no knee" in C.stops_text(flat)[0]
+
+
+def test_knees_table_formats_defined_and_undefined_knees():
+    k = C.knees(C.normalize_curves(synthetic_posttrain()))
+    t = C.knees_table(k).set_index("criterion")
+    assert t.loc["SNR", "knee comp. %"] == "70.0" and t.loc["L2", "knee comp. %"] == "40.0"
+    assert "distance above chord" in t.columns and "setting" not in t.columns
+    short = C.knees_table(k.assign(defined=False), setting=True, distance=False)
+    assert list(short.columns) == ["setting", "criterion", "knee comp. %", "knee acc. %", "resolution (pp)",
+                                   "curve ends at %"]
+    assert set(short["knee comp. %"]) == {"undefined"} and set(short["setting"]) == {"MNIST MLP"}
+
+
 # --------------------------------------------------------------------------------------------------
 # Figures
 # --------------------------------------------------------------------------------------------------
@@ -331,6 +358,22 @@ def test_rank_claims_on_the_papers_matrices():
     assert [C.verdict(v) for v in (True, False, None)] == ["confirmed", "not confirmed", "not tested"]
 
 
+def test_rank_summary_puts_ours_beside_the_papers():
+    summary = C.rank_summary(synthetic_ranks())  # ± 0.02 around the paper's CIFAR10 LeNet5 matrix: mean = paper
+    assert len(summary) == 1 and list(summary.columns[: len(C.RANK_SUMMARY_COLUMNS)]) == list(C.RANK_SUMMARY_COLUMNS)
+    r = summary.iloc[0]
+    assert r["seeds"] == 2 and r["rho_n_snr"] == pytest.approx(0.95) and r["paper_rho_n_snr"] == pytest.approx(0.95)
+    assert r["rho_u4_snr"] == pytest.approx(0.27) and r["diff_mean_abs_diff"] == pytest.approx(0.0, abs=1e-12)
+    assert bool(r["bmrs_n_like_snr"]) and bool(r["bmrs_u_ranks_poorly"])
+    t = C.rank_summary_table(summary)
+    assert t["ρ(BMRS_N, SNR) ours / paper"].tolist() == ["0.95 / 0.95"]
+    assert t["ρ(U-8, SNR) ours / paper"].tolist() == ["0.47 / 0.47"] and t["mean |ours − paper|"].tolist() == ["0.00"]
+    digits = synthetic_ranks().assign(dataset="digits")  # the paper has no digits: the closest is MNIST's matrix
+    assert C.rank_summary(digits)["paper_rho_n_snr"].notna().all()
+    empty = C.rank_summary(synthetic_ranks().iloc[:0])
+    assert empty.empty and list(empty.columns) == list(C.RANK_SUMMARY_COLUMNS)
+
+
 def test_rank_figure_panels():
     ranks = synthetic_ranks()
     ours = C.mean_rank_matrix(ranks, "cifar10", "lenet5")
@@ -366,14 +409,12 @@ def test_baselines_table_formats_mean_std_and_na():
     assert t.loc[("MNIST LeNet5", "BMRS_N"), "parameters"] == "1,000 ± 0"
 
 
-def test_write_table_with_and_without_bmrs_tables(tmp_path, monkeypatch):
+def test_write_table_writes_markdown_and_latex_with_the_caption(tmp_path):
     df = pd.DataFrame({"method": ["BMRS_N", "C-OBD"], "acc. %": ["91.00 ± 1.00", "90.00"]}).set_index("method")
-    paths = C.write_table(df, "t", profile="smoke", directory=tmp_path / "a", seeds=[1, 2], title="A table")
+    paths = C.write_table(df, "t", profile="smoke", directory=tmp_path, seeds=[1, 2], title="A table")
     assert [p.suffix for p in paths] == [".md", ".tex"] and all(p.stat().st_size > 0 for p in paths)
-    monkeypatch.setitem(sys.modules, "bmrs.report.tables", None)  # as if bmrs.report.tables did not exist
-    paths = C.write_table(df, "t", profile="smoke", directory=tmp_path / "b", seeds=[1, 2], title="A table")
     md = paths[0].read_text()
     assert "Profile: smoke" in md and "seeds: 1, 2" in md and "C-OBD" in md
     assert "\\begin{table}" in paths[1].read_text() or "\\begin{tabular}" in paths[1].read_text()
     with pytest.raises(ValueError):
-        C.write_table(df, "t", profile="", directory=tmp_path / "b")
+        C.write_table(df, "t", profile="", directory=tmp_path)

@@ -35,6 +35,7 @@ def _error_outputs(nb) -> list:
 # --------------------------------------------------------------------------------------------------
 
 @pytest.mark.notebook
+@pytest.mark.timeout(1200)  # executes notebooks: minutes on a 2-core machine
 def test_derivation_notebook_smoke(tmp_path, capsys):
     results, figures = tmp_path / "results", tmp_path / "figures"
     status = runner.main([
@@ -206,6 +207,7 @@ def test_list_runs_nothing(tmp_path, capsys):
 
 
 @pytest.mark.notebook
+@pytest.mark.timeout(1200)  # executes notebooks: minutes on a 2-core machine
 def test_parameters_merge_and_up_to_date_stamp(tmp_path, capsys):
     config = {
         "profile": "smoke",
@@ -247,6 +249,7 @@ def test_parameters_merge_and_up_to_date_stamp(tmp_path, capsys):
 
 
 @pytest.mark.notebook
+@pytest.mark.timeout(1200)  # executes notebooks: minutes on a 2-core machine
 def test_overwritten_figure_makes_the_notebook_stale(tmp_path, capsys):
     figures = tmp_path / "figs"
     args = make_project(tmp_path, {"01_alpha": RECORDING_NOTEBOOK})
@@ -264,6 +267,7 @@ def test_overwritten_figure_makes_the_notebook_stale(tmp_path, capsys):
 
 
 @pytest.mark.notebook
+@pytest.mark.timeout(1200)  # executes notebooks: minutes on a 2-core machine
 def test_failing_notebook_is_named_with_cell_and_kept(tmp_path, capsys):
     args = make_project(tmp_path, {"01_alpha": RECORDING_NOTEBOOK, "02_fail": FAILING_NOTEBOOK,
                                    "03_after": RECORDING_NOTEBOOK})
@@ -281,6 +285,7 @@ def test_failing_notebook_is_named_with_cell_and_kept(tmp_path, capsys):
 
 
 @pytest.mark.notebook
+@pytest.mark.timeout(1200)  # executes notebooks: minutes on a 2-core machine
 def test_results_dir_from_environment(tmp_path, monkeypatch):
     args = make_project(tmp_path, {"01_alpha": RECORDING_NOTEBOOK})
     i = args.index("--results-dir")

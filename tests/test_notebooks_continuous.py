@@ -99,6 +99,7 @@ def _check_outputs(dirs: dict[str, Path]) -> None:
 
 
 @pytest.mark.notebook
+@pytest.mark.timeout(1200)  # executes notebooks: minutes on a 2-core machine
 def test_smoke_notebooks_run(smoke_run):
     _check_outputs(smoke_run)
     for name in SUMMARIES:
@@ -114,6 +115,7 @@ def test_smoke_notebooks_run(smoke_run):
 
 
 @pytest.mark.notebook
+@pytest.mark.timeout(1200)  # executes notebooks: minutes on a 2-core machine
 def test_reference_source_regenerates_without_training(reference_run, smoke_run):
     _check_outputs(reference_run)
     assert not reference_run["runs"].exists() or not any(reference_run["runs"].iterdir())  # nothing trained

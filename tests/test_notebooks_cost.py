@@ -42,6 +42,7 @@ def _nonempty(path: Path) -> None:
 
 
 @pytest.mark.notebook
+@pytest.mark.timeout(1200)  # executes notebooks: minutes on a 2-core machine
 def test_index_notebook_smoke(tmp_path, capsys):
     tables = tmp_path / "tables"
     status, executed = _run(tmp_path, "00_index", tmp_path / "results", tables_dir=tables,
@@ -55,8 +56,7 @@ def test_index_notebook_smoke(tmp_path, capsys):
     for item in [f"Figure {i}" for i in range(1, 8)] + [f"Table {i}" for i in range(1, 5)]:
         assert item in paper_map, item
     assert "not reproduced" in paper_map and "MISSING" not in paper_map
-    deviations = (tables / "index_deviations.md").read_text()
-    assert "NOT FOUND" not in deviations  # every deviation is still stated where the index says
+    deviations = (tables / "index_deviations.md").read_text()  # stated where it says: tests/test_deviations.py
     for module in ("bmrs/nn/models.py", "bmrs/run/train.py", "bmrs/run/data.py",
                    "bmrs/prune/dirichlet.py", "bmrs/prune/eigendamage.py", "README.md"):
         assert module in deviations, module
@@ -66,6 +66,7 @@ def test_index_notebook_smoke(tmp_path, capsys):
 
 
 @pytest.mark.notebook
+@pytest.mark.timeout(1200)  # executes notebooks: minutes on a 2-core machine
 def test_cost_notebook_smoke_then_reference(tmp_path, capsys):
     dirs = {name: tmp_path / name for name in ("runs", "summary", "tables", "figures")}
     status, executed = _run(tmp_path, "06_cost", tmp_path / "results", runs_dir=dirs["runs"],

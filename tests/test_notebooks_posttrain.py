@@ -57,6 +57,7 @@ def _text(out: Path, stem: str) -> str:
 
 
 @pytest.mark.notebook
+@pytest.mark.timeout(1200)  # executes notebooks: minutes on a 2-core machine
 def test_posttrain_and_baselines_notebooks_smoke_then_reference(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("BMRS_QUIET", "1")
     runs, summary = tmp_path / "runs", tmp_path / "summary"

@@ -50,6 +50,7 @@ def test_reference_summaries_are_committed_and_from_the_quick_profile():
 
 
 @pytest.mark.notebook
+@pytest.mark.timeout(1200)  # executes notebooks: minutes on a 2-core machine
 def test_figure_and_table_notebooks_regenerate_from_the_committed_reference(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("BMRS_QUIET", "1")
     runs, figures, tables = tmp_path / "runs", tmp_path / "figures", tmp_path / "tables"

@@ -164,7 +164,7 @@ def test_claims_check_against_the_papers_numbers():
     assert c.loc["E[θ] (threshold 0.1) collapses", "verdict"] == "confirmed"  # neither collapses
     # the paper: BMRS_U-4 91.57 < BMRS_N 93.20 on this setting; ours 91.5 < 93.0 agrees
     assert c.loc["BMRS_U-4 compresses more than BMRS_N", "verdict"] == "confirmed"
-    assert c.loc["BMRS_N code variant (no 2π) compresses at least as much as Eq. 8 (spec 2.7)", "verdict"] == "confirmed"
+    assert c.loc["BMRS_N code variant (no 2π) compresses at least as much as Eq. 8", "verdict"] == "confirmed"
     assert c.loc["SNR (threshold 1) collapses in 3 of 6 Table 1 settings", "ours"] == "1 of 1 settings run"
     # SNR not collapsing where the paper's did is "not confirmed"
     rows[1]["test_acc"] = 86.0

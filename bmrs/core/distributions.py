@@ -1,13 +1,14 @@
-"""The posterior and prior of one multiplicative noise variable θ, in log space (spec 2.1–2.5).
+"""The posterior and prior of one multiplicative noise variable θ, in log space
+(paper Eq. 7; derived in notebook 01, sections 1 and 5).
 
 x = log θ. The variational posterior is x ~ N(μ, σ²) truncated to [a, b] (a, b are already log-space
 bounds; defaults a = −20, b = 0); the prior is x ~ U[a, b], i.e. θ log-uniform. With
-α = (a − μ)/σ, β = (b − μ)/σ and Z = Φ(β) − Φ(α) (spec 1):
+α = (a − μ)/σ, β = (b − μ)/σ and Z = Φ(β) − Φ(α):
 
-* KL[q ‖ p] = log(b − a) − log σ − log Z − ½ log(2πe) − (αφ(α) − βφ(β))/(2Z)        (spec 2.3)
-* E[θ]      = exp(μ + σ²/2) · [Φ(σ − α) − Φ(σ − β)] / Z                                 (spec 2.5)
-* E[θ²]     = exp(2μ + 2σ²) · [Φ(2σ − α) − Φ(2σ − β)] / Z                               (spec 2.5)
-* SNR       = E[θ] / √Var θ                                                              (spec 2.5)
+* KL[q ‖ p] = log(b − a) − log σ − log Z − ½ log(2πe) − (αφ(α) − βφ(β))/(2Z)   (the KL term of Eq. 2–3)
+* E[θ]      = exp(μ + σ²/2) · [Φ(σ − α) − Φ(σ − β)] / Z
+* E[θ²]     = exp(2μ + 2σ²) · [Φ(2σ − α) − Φ(2σ − β)] / Z
+* SNR       = E[θ] / √Var θ   (E[θ] and the SNR as in the released code's modules/util.py)
 
 How they are evaluated (all in float64, whatever the input dtype):
 
@@ -121,7 +122,7 @@ def prepare(mu: TensorLike, sigma: TensorLike, a: float, b: float) -> tuple[Tens
 
 
 def sigma_from_log_sigma(log_sigma: Tensor) -> Tensor:
-    """σ = exp(clamp(log σ, −20, 5)), the clamp of the released code (spec 2.10)."""
+    """σ = exp(clamp(log σ, −20, 5)), the clamp of the released code (modules/layers.py)."""
     return torch.exp(torch.clamp(log_sigma, LOG_SIGMA_MIN, LOG_SIGMA_MAX))
 
 
@@ -210,17 +211,18 @@ def _standardise(mu: Tensor, sigma: Tensor, a: float, b: float) -> tuple[Tensor,
 # --------------------------------------------------------------------------------------------------
 
 def log_normalizer(mu: TensorLike, sigma: TensorLike, *, a: float = DEFAULT_A, b: float = DEFAULT_B) -> Tensor:
-    """log Z = log[Φ(β) − Φ(α)], the log normaliser of the truncated posterior (spec 1)."""
+    """log Z = log[Φ(β) − Φ(α)], the log normaliser of the truncated posterior."""
     mu64, sigma64, dtype, a, b = prepare(mu, sigma, a, b)
     alpha, beta, width = _standardise(mu64, sigma64, a, b)
     return special.log_normal_interval(alpha, beta, width).to(dtype)
 
 
 def kl_log_uniform(mu: TensorLike, sigma: TensorLike, *, a: float = DEFAULT_A, b: float = DEFAULT_B) -> Tensor:
-    """KL[q ‖ p] between the truncated log-normal posterior and the log-uniform prior (spec 2.3).
+    """KL[q ‖ p] between the truncated log-normal posterior and the log-uniform prior (the KL term of Eq. 2–3;
+    notebook 01, section 5).
 
-    KL = log(b − a) − log σ − ½ log 2π − log Z − ½ E[z²], z = (x − μ)/σ, which equals the spec's
-    form because E[z²] = 1 + (αφ(α) − βφ(β))/Z. When [α, β] lies more than 30 standard deviations
+    KL = log(b − a) − log σ − ½ log 2π − log Z − ½ E[z²], z = (x − μ)/σ, which equals the closed
+    form above because E[z²] = 1 + (αφ(α) − βφ(β))/Z. When [α, β] lies more than 30 standard deviations
     from 0, log Z and ½E[z²] are both ≈ m²/2 and cancel; there, with log Z = −m²/2 + s and
     |E z| = m + e, KL = log(b − a) − log σ − ½ log 2π − s − m e − e²/2 − ½ Var z (no cancellation).
     """
@@ -273,7 +275,8 @@ def _kl(mu: Tensor, sigma: Tensor, a: float, b: float) -> Tensor:
 
 
 def _neg_entropy_direct(alpha: Tensor, beta: Tensor, width: Tensor) -> Tensor:
-    """log Z + ½ E[z²] with E[z²] = 1 + (αφ(α) − βφ(β))/Z: the spec 2.3 form (few ops, for training)."""
+    """log Z + ½ E[z²] with E[z²] = 1 + (αφ(α) − βφ(β))/Z: the module docstring's
+    closed form (few ops, for training)."""
     log_z = special.log_normal_interval(alpha, beta, width)
     r_lo = torch.exp(special.log_normal_pdf(alpha) - log_z)
     r_hi = torch.exp(special.log_normal_pdf(beta) - log_z)
@@ -301,13 +304,13 @@ def _log_expected_theta(mu: Tensor, sigma: Tensor, a: float, b: float) -> Tensor
 
 
 def log_expected_theta(mu: TensorLike, sigma: TensorLike, *, a: float = DEFAULT_A, b: float = DEFAULT_B) -> Tensor:
-    """log E_q[θ] (spec 2.5), stable in both tails (see :func:`_log_expected_theta`)."""
+    """log E_q[θ], stable in both tails (see :func:`_log_expected_theta`)."""
     mu64, sigma64, dtype, a, b = prepare(mu, sigma, a, b)
     return _log_expected_theta(mu64, sigma64, a, b).to(dtype)
 
 
 def expected_theta(mu: TensorLike, sigma: TensorLike, *, a: float = DEFAULT_A, b: float = DEFAULT_B) -> Tensor:
-    """E_q[θ] = exp(μ + σ²/2) [Φ(σ − α) − Φ(σ − β)] / Z (spec 2.5); always in [e^a, e^b]."""
+    """E_q[θ] = exp(μ + σ²/2) [Φ(σ − α) − Φ(σ − β)] / Z; always in [e^a, e^b]."""
     mu64, sigma64, dtype, a, b = prepare(mu, sigma, a, b)
     return torch.exp(_log_expected_theta(mu64, sigma64, a, b)).to(dtype)
 
@@ -350,20 +353,20 @@ def _log_cv2(mu: Tensor, sigma: Tensor, a: float, b: float) -> Tensor:
 
 
 def var_theta(mu: TensorLike, sigma: TensorLike, *, a: float = DEFAULT_A, b: float = DEFAULT_B) -> Tensor:
-    """Var_q[θ] = E[θ²] − E[θ]² (spec 2.5), evaluated as E[θ]²·(e^δ − 1) without cancellation."""
+    """Var_q[θ] = E[θ²] − E[θ]², evaluated as E[θ]²·(e^δ − 1) without cancellation."""
     mu64, sigma64, dtype, a, b = prepare(mu, sigma, a, b)
     log_var = 2.0 * _log_expected_theta(mu64, sigma64, a, b) + _log_cv2(mu64, sigma64, a, b)
     return torch.exp(log_var).to(dtype)
 
 
 def snr(mu: TensorLike, sigma: TensorLike, *, a: float = DEFAULT_A, b: float = DEFAULT_B) -> Tensor:
-    """SNR(θ) = E[θ]/√Var θ = (e^δ − 1)^{−1/2} (spec 2.5); depends on μ only through α, β."""
+    """SNR(θ) = E[θ]/√Var θ = (e^δ − 1)^{−1/2}; depends on μ only through α, β."""
     mu64, sigma64, dtype, a, b = prepare(mu, sigma, a, b)
     return torch.exp(-0.5 * _log_cv2(mu64, sigma64, a, b)).to(dtype)
 
 
 # --------------------------------------------------------------------------------------------------
-# Sampling (spec 2.2)
+# Sampling: the released code's inverse-CDF sampler (modules/layers.py; notebook 01, section 1)
 # --------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -371,7 +374,7 @@ class InverseCdfConstants:
     """Per-unit constants of the inverse-CDF sampler, in the orientation that keeps precision.
 
     A draw is z = sign · Φ⁻¹(clamp(lower + y·mass, eps, 1 − eps)), x = clamp(μ + σ z, a, b).
-    sign = +1: lower = Φ(α), mass = Φ(β) − Φ(α) (the released code's form, spec 2.2).
+    sign = +1: lower = Φ(α), mass = Φ(β) − Φ(α) (the released code's form).
     sign = −1 (used when α > 0, where Φ(α) rounds to 1): lower = Q(β), mass = Q(α) − Q(β) — the
     same distribution with the tail probabilities kept in full precision.
     phi_lo/phi_hi are φ(α), φ(β) for the reparameterisation gradient.
@@ -405,7 +408,7 @@ def sample_theta(
     eps: float = SAMPLING_EPS,
     uniform: Tensor | None = None,
 ) -> Tensor:
-    """Reparameterised draw of θ = exp(x), x ~ N(μ, σ²) truncated to [a, b] (spec 2.2).
+    """Reparameterised draw of θ = exp(x), x ~ N(μ, σ²) truncated to [a, b] (notebook 01, section 1).
 
     y ~ U(0, 1); γ = clamp(Φ(α) + y (Φ(β) − Φ(α)), eps, 1 − eps); x = clamp(μ + σ Φ⁻¹(γ), a, b).
     Differentiable in mu and sigma (the pathwise gradient of the inverse CDF). Upper-tail intervals

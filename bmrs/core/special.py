@@ -1,7 +1,7 @@
 """Numerically stable special functions of the standard normal distribution, in float64.
 
-Everything in the project that touches a truncated normal goes through these helpers. The notation
-follows spec section 1: Φ is the standard normal CDF, φ its density, Q(t) = 1 − Φ(t) the upper tail.
+Everything in the project that touches a truncated normal goes through these helpers. Notation:
+Φ is the standard normal CDF, φ its density, Q(t) = 1 − Φ(t) the upper tail.
 
 The building blocks are
 
@@ -73,7 +73,8 @@ def log1mexp(x: Tensor) -> Tensor:
 def _log_inv_mills_value(t: Tensor) -> Tensor:
     """log λ(t) = log φ(t) − log Q(t), for any real t.
 
-    t ≥ 0: log λ = ½ log(2/π) − log erfcx(t/√2)  (uses Q(t) = ½ erfcx(t/√2) e^{−t²/2}, spec 2.5);
+    t ≥ 0: log λ = ½ log(2/π) − log erfcx(t/√2)  (uses Q(t) = ½ erfcx(t/√2) e^{−t²/2}, the identity behind the
+    released code's erfcx forms);
     t < 0: log λ = −t²/2 − ½ log 2π − log Φ(−t).
     """
     pos = t >= 0

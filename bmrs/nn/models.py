@@ -1,4 +1,5 @@
-"""The paper's networks with noise layers where the authors' code puts them (spec 4.2).
+"""The paper's networks with noise layers where the authors' code puts them (the released code's
+modules/classifiers.py: make_mlp, lenet5, insert_pruning_resnet, insert_pruning_vit).
 
 * :func:`mlp` — Flatten, Linear(in, h) → Tanh → noise, then n_layers × [Linear(h, h) → Tanh → noise], then
   Linear(h, classes). "n_layers" counts the hidden blocks after the first, as in the paper's code.
@@ -9,12 +10,13 @@
   branches included), before the ReLU.
 * :func:`vit` — torchvision ViT-B/16 (or a smaller configuration) with noise on each encoder block's
   output features: after the self-attention output projection and after the MLP's second linear
-  layer, before the residual additions (the HF ViT placement of the released code, spec 2.12.3).
+  layer, before the residual additions (the HF ViT placement of the released code, insert_pruning_vit).
 
-The noise placement follows the released code, not Eq. 1 of the paper (spec 2.12.2). With
+The noise placement follows the released code, not Eq. 1 of the paper (which multiplies the
+pre-activation). With
 ``noise=False`` the same architecture is built without noise layers (the "None" baseline).
 Classifier heads are sized to the dataset's classes by default; ``keep_imagenet_head=True`` keeps the
-1000-way head of the pretrained torchvision models as the authors did (spec 2.12.10; a documented
+1000-way head of the pretrained torchvision models as the authors did (insert_pruning_resnet/_vit; a documented
 deviation of ours otherwise).
 """
 
@@ -61,7 +63,7 @@ class Classifier(nn.Sequential):
 
 def mlp(input_shape: tuple[int, int, int] = (1, 32, 32), num_classes: int = 10, *, hidden: int = 100,
         n_layers: int = 1, noise: bool = True) -> Classifier:
-    """The paper's MLP (spec 4.2) on images of shape (C, H, W), flattened by its first layer:
+    """The paper's MLP (make_mlp of the released code) on images of shape (C, H, W), flattened by its first layer:
     Flatten → n_layers + 1 hidden blocks of `hidden` Tanh units → Linear(hidden, num_classes)."""
     c, h, w = (int(v) for v in input_shape)
     if hidden < 1 or n_layers < 0 or min(c, h, w) < 1 or num_classes < 2:
@@ -77,7 +79,7 @@ def mlp(input_shape: tuple[int, int, int] = (1, 32, 32), num_classes: int = 10, 
 
 
 def lenet5(in_channels: int = 1, num_classes: int = 10, *, noise: bool = True, image_size: int = 32) -> Classifier:
-    """The paper's LeNet5 (spec 4.2): every width multiplied by the number of input channels."""
+    """The paper's LeNet5 (lenet5 of the released code): every width multiplied by the number of input channels."""
     c = int(in_channels)
     if c < 1 or num_classes < 2:
         raise ValueError(f"lenet5 needs in_channels >= 1 and num_classes >= 2; got {in_channels}, {num_classes}")
@@ -95,12 +97,12 @@ def lenet5(in_channels: int = 1, num_classes: int = 10, *, noise: bool = True, i
 
 
 # --------------------------------------------------------------------------------------------------
-# torchvision networks (spec 4.2): ResNet with noise after every BatchNorm2d, ViT with noise on the
+# torchvision networks (insert_pruning_resnet/_vit of the released code): ResNet with noise after every BatchNorm2d, ViT with noise on the
 # block outputs. Pretrained weights are loaded only when asked for.
 # --------------------------------------------------------------------------------------------------
 
 class NoisyBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d followed by per-channel multiplicative noise (the ResNet placement of spec 4.2).
+    """BatchNorm2d followed by per-channel multiplicative noise (the ResNet placement of the released code).
 
     Subclassing keeps the batch-norm's state_dict keys, so pretrained weights load unchanged; the noise
     parameters live under `<bn>.noise.*`.
@@ -130,10 +132,38 @@ def _replace_batchnorms(module: nn.Module) -> None:
             _replace_batchnorms(child)
 
 
+#: The torchvision weights that ``pretrained=True`` loads, per builder. Named explicitly, never "DEFAULT"
+#: (which is IMAGENET1K_V2 for ResNet-50 in current torchvision and may move again):
+#: * ResNet-18/50: IMAGENET1K_V1, the checkpoint the authors' ``torch.hub.load('pytorch/vision:v0.10.0',
+#:   'resnet50', pretrained=True)`` loads (the same file, ``resnet50-0676ba61.pth`` /
+#:   ``resnet18-f37072fd.pth``), with ImageNet mean/std normalisation (bmrs.run.data.IMAGENET_MEAN/STD).
+#: * ViT-B/16: IMAGENET1K_V1 (ImageNet-1k, 224 px, ImageNet mean/std). The authors used the Hugging Face
+#:   checkpoint ``google/vit-base-patch16-224`` (ImageNet-21k pre-training, ImageNet-1k fine-tuning, mean =
+#:   std = 0.5); torchvision has no copy of it, so this is a documented deviation (README, "Documented
+#:   deviations"), and the data are normalised the way these weights expect.
+PRETRAINED_WEIGHTS: dict[str, tuple[str, str]] = {
+    "resnet18": ("ResNet18_Weights", "IMAGENET1K_V1"),
+    "resnet50": ("ResNet50_Weights", "IMAGENET1K_V1"),
+    "vit_b_16": ("ViT_B_16_Weights", "IMAGENET1K_V1"),
+}
+
+
+def pretrained_weights(arch: str):
+    """The torchvision ``WeightsEnum`` member that ``pretrained=True`` loads for ``arch`` (a key of
+    :data:`PRETRAINED_WEIGHTS`). Building the enum member downloads nothing."""
+    # deferred on purpose: torchvision is needed for these networks only
+    from torchvision import models as tvm
+
+    if arch not in PRETRAINED_WEIGHTS:
+        raise ValueError(f"no pretrained weights for {arch!r}; known: {', '.join(PRETRAINED_WEIGHTS)}")
+    enum_name, member = PRETRAINED_WEIGHTS[arch]
+    return getattr(getattr(tvm, enum_name), member)
+
+
 def _torchvision_weights(builder, pretrained: bool):
     if not pretrained:
         return None
-    return "DEFAULT"
+    return pretrained_weights(builder.__name__)
 
 
 def _call_torchvision(builder, pretrained: bool, what: str, **kwargs) -> nn.Module:
@@ -168,8 +198,10 @@ class TorchvisionClassifier(nn.Module):
 def resnet(depth: int = 50, num_classes: int = 10, *, noise: bool = True, pretrained: bool = False,
            keep_imagenet_head: bool = False, image_size: int = 224) -> TorchvisionClassifier:
     """torchvision ResNet-18/50 with a noise layer after every BatchNorm2d, downsample branches included
-    (spec 4.2; 53 noise layers for ResNet-50). The 1000-way head is replaced by a num_classes head unless
-    keep_imagenet_head (the authors' choice, spec 2.12.10)."""
+    (53 noise layers for ResNet-50). The 1000-way head is replaced by a num_classes head unless
+    keep_imagenet_head (the authors' choice: train.py of the released code keeps the 1000-way head).
+    pretrained=True loads IMAGENET1K_V1 (:data:`PRETRAINED_WEIGHTS`), the weights of the authors'
+    ``torch.hub`` v0.10.0 ``pretrained=True``."""
     from torchvision import models as tvm
 
     builders = {18: tvm.resnet18, 50: tvm.resnet50}
@@ -201,10 +233,12 @@ def vit(num_classes: int = 10, *, noise: bool = True, pretrained: bool = False, 
         hidden_dim: int = 768, mlp_dim: int = 3072) -> TorchvisionClassifier:
     """torchvision ViT (ViT-B/16 by default) with noise on every encoder block's output features: after the
     attention output projection and after the MLP's second linear layer, before the residual additions
-    (2 × num_layers noise layers of hidden_dim units; the released code's placement, spec 2.12.3).
+    (2 × num_layers noise layers of hidden_dim units; the released code's placement, insert_pruning_vit).
 
-    pretrained=True loads torchvision's ViT-B/16 ImageNet weights (the authors used the HF checkpoint
-    google/vit-base-patch16-224, spec 4.2 — a documented deviation) and requires the B/16 configuration.
+    pretrained=True loads torchvision's ViT-B/16 IMAGENET1K_V1 weights (:data:`PRETRAINED_WEIGHTS`; they
+    expect ImageNet mean/std, which bmrs.run.data feeds the ViT) and requires the B/16 configuration. The
+    authors used the Hugging Face checkpoint google/vit-base-patch16-224 with its own 0.5/0.5 normalisation
+    (train.py of the released code): a documented deviation (README, "Documented deviations").
     """
     from torchvision import models as tvm
 

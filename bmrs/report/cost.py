@@ -12,7 +12,7 @@ noise layers (the "None" baseline is the same architecture built with ``noise=Fa
   reduction; 0 without noise layers), backward, optimiser step (``bmrs.run.train.make_optimizer``: Adam, or
   AdamW for the ViT, with the noise parameters in their own group);
 * ``train_forward`` — the training-mode forward and loss only. The paper does not say whether its
-  "Train" column includes the backward pass (spec 8); both readings are measured;
+  "Train" column (Appendix D, Tables 3 and 4) includes the backward pass; both readings are measured;
 * ``inference``     — one eval-mode forward under ``torch.inference_mode`` (noise = the cached
   E[θ]·mask), timed by :func:`bmrs.nn.shrink.compare_latency`.
 
@@ -37,21 +37,25 @@ Latency is measured on the CPU (``bmrs.run.store.load_run`` maps the run to the 
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from bmrs.nn.measure import compare_latency, count_parameters
 from bmrs.nn.noise import model_kl, noise_layers
 from bmrs.nn.shrink import dense_network, load_compact
 from bmrs.report import paper
+from bmrs.report.labels import dataset_label, method_label, network_label
 from bmrs.run import config as runconfig
 from bmrs.run import data, grid
 from bmrs.run import store
@@ -347,8 +351,6 @@ def compaction_row(run_dir: Path | str, *, threads: int = 1, repeats: int = 50, 
     architecture of the "None" baseline — which isolates what removing units buys from what dropping
     the noise layers' eval-time multiplications buys.
     """
-    import json
-
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.json").exists():
         load_run(run_dir)  # raises FileNotFoundError naming the command that finishes the run
@@ -359,7 +361,7 @@ def compaction_row(run_dir: Path | str, *, threads: int = 1, repeats: int = 50, 
     model = load_run(run_dir).eval()
     shrunk = load_compact(run_dir / "compact")
     plain = dense_network(model)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = store.read_json(run_dir / "metrics.json")
     final = metrics.get("final", {})
     p, m = rep["params"], rep["macs"]
     mac_cut = 1.0 - m["shrunk"] / max(m["dense"], 1)
@@ -426,3 +428,246 @@ def compaction_table(runs: Iterable[Any], *, threads: int = 1, repeats: int = 50
     finally:
         torch.set_num_threads(previous)
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------------
+# Display: the tables and figures of notebook 06
+# ------------------------------------------------------------------------------------------------
+
+def _fmt(x: Any, fmt: str = ".2f", na: str = "—") -> str:
+    return na if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
+
+
+def span(lo: float, hi: float, fmt: str = ".2f", unit: str = "") -> str:
+    """'lo–hi' with a unit, or a single value when both agree at the printed precision; '—' when either end
+    is undefined."""
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return "—"
+    a, b = format(lo, fmt), format(hi, fmt)
+    return f"{a}{unit}" if a == b else f"{a}–{b}{unit}"
+
+
+def table4_resolution(steps: pd.DataFrame) -> str:
+    """The input resolution and batch of the Table 4 timings in ``steps`` (:func:`table_step_times`), in words."""
+    t4 = steps[steps["table"] == "table4"]
+    if t4.empty or (t4["image_size"].isna().all() and (t4["batch"] == 32).all()):
+        return "224 px, batch 32 (the paper's)"
+    sizes = ", ".join(str(int(s)) + " px" for s in t4["image_size"].dropna().unique()) or "224 px"
+    return (f"{sizes}, batch {', '.join(str(int(b)) for b in t4['batch'].unique())} "
+            "(reduced; the paper: 224 px, batch 32)")
+
+
+def measured_on(steps: pd.DataFrame) -> str:
+    """Where and how ``steps`` were measured: device, threads, torch, rounds × calls per table, Table 4's input."""
+    env = steps.iloc[0]
+    rounds = "; ".join(
+        t + ": " + ", ".join(sorted({f"{int(r)} rounds x {int(k)} calls" for r, k in zip(g["rounds"], g["steps"])}))
+        for t, g in steps.groupby("table"))
+    return (f"measured on {env['device']} with {int(env['threads'])} thread(s), torch {env['torch']}; {rounds}; "
+            f"Table 4 at {table4_resolution(steps)}")
+
+
+def _paper_range(row: pd.Series, phase: str) -> str:
+    lo, hi = row.get(f"paper_{phase}_ratio_min"), row.get(f"paper_{phase}_ratio_max")
+    return "—" if lo is None or not math.isfinite(lo) else f"{lo:.2f}–{hi:.2f}×"
+
+
+def _paper_ms(row: pd.Series, phase: str) -> str:
+    none = row.get(f"paper_{phase}_none_ms")
+    if none is None or not math.isfinite(none):
+        return "—"
+    return f"{none:.2f} → {row[f'paper_{phase}_noise_ms_min']:.2f}–{row[f'paper_{phase}_noise_ms_max']:.2f}"
+
+
+def _ours_ratio(row: pd.Series, phase: str) -> str:
+    return f"{row[f'{phase}_ratio']:.2f}× [{row[f'{phase}_ratio_q1']:.2f}, {row[f'{phase}_ratio_q3']:.2f}]"
+
+
+def step_table(cmp: pd.DataFrame, table: str, steps: pd.DataFrame) -> pd.DataFrame:
+    """Table 3 or 4 (``table``) for display: per (network, dataset) of ``cmp`` (:func:`steps_vs_paper` of
+    ``steps``) the step times without → with noise and their ratio, ours beside the paper's Titan-X ones.
+    Title and notes in ``attrs``; empty when ``table`` was not measured."""
+    env = steps.iloc[0]
+    rows = []
+    for _, r in cmp[cmp["table"] == table].iterrows():
+        size = "224" if pd.isna(r["image_size"]) else str(int(r["image_size"]))
+        rows.append({
+            "network": network_label(r["network"]), "dataset": dataset_label(r["dataset"]),
+            "input": ("32 px" if table == "table3" else f"{size} px") + f", batch {int(r['batch'])}",
+            "train step ms (ours)": f"{r['train_step_none_ms']:.2f} → {r['train_step_noise_ms']:.2f}",
+            "train step ratio (ours)": _ours_ratio(r, "train_step"),
+            "train fwd ratio (ours)": _ours_ratio(r, "train_forward"),
+            "Train ms (paper)": _paper_ms(r, "train"), "Train ratio (paper)": _paper_range(r, "train"),
+            "inference ms (ours)": f"{r['inference_none_ms']:.2f} → {r['inference_noise_ms']:.2f}",
+            "inference ratio (ours)": _ours_ratio(r, "inference"),
+            "Inf. ms (paper)": _paper_ms(r, "inference"), "Inf. ratio (paper)": _paper_range(r, "inference")})
+    df = pd.DataFrame(rows)
+    where = f"{env['device']}, {int(env['threads'])} thread(s)"
+    df.attrs.update(
+        title=(f"Table {table[-1]}: step times without → with noise layers and their ratio; ours on {where}, "
+               "the paper's on a Titan X"),
+        notes=("one 'noise' measurement stands for E[θ], SNR, BMRS_N and BMRS_U (identical noise layer); "
+               "ours: median over interleaved rounds, ratio = median of per-round ratios [IQR]; "
+               "train step = forward + backward + optimiser step, train fwd = training-mode forward + loss only"
+               + (f"; Table 4 at {table4_resolution(steps)}" if table == "table4" else "")))
+    return df
+
+
+def noise_overhead_figure(cmp: pd.DataFrame, steps: pd.DataFrame) -> Figure:
+    """Our noise / None ratios per (network, dataset) of Tables 3 and 4 (bars with IQR: train step, train
+    forward, inference) beside the paper's Titan-X ranges (vertical bars with a diamond), log₂ y axis."""
+    import matplotlib.pyplot as plt  # deferred: pyplot (and its backend) only when a figure is drawn
+
+    env = steps.iloc[0]
+    groups = [(t, cmp[cmp["table"] == t]) for t in ("table3", "table4") if (cmp["table"] == t).any()]
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.8 + 1.1 * len(cmp), 4.0), squeeze=False,
+                             gridspec_kw={"width_ratios": [max(len(g), 1) for _, g in groups]}, constrained_layout=True)
+    phases = [("train_step", "train step (ours)", "C0"), ("train_forward", "train forward (ours)", "C9"),
+              ("inference", "inference (ours)", "C2")]
+    for ax, (table, g) in zip(axes[0], groups):
+        x = np.arange(len(g))
+        w = 0.22
+        for k, (phase, name, color) in enumerate(phases):
+            med = g[f"{phase}_ratio"].to_numpy()
+            err = np.vstack([med - g[f"{phase}_ratio_q1"].to_numpy(), g[f"{phase}_ratio_q3"].to_numpy() - med])
+            ax.bar(x + (k - 1) * w, med, w, yerr=err, color=color, label=name, capsize=2, error_kw={"lw": 0.8})
+        for i, (_, r) in enumerate(g.iterrows()):
+            for phase, dx, color, name in (("train", -w, "k", "Train (paper, Titan X)"),
+                                           ("inference", w, "0.45", "Inference (paper, Titan X)")):
+                lo, hi = r.get(f"paper_{phase}_ratio_min"), r.get(f"paper_{phase}_ratio_max")
+                if lo is not None and np.isfinite(lo):
+                    ax.plot([i + dx] * 2, [lo, hi], color=color, lw=2.5, solid_capstyle="butt")
+                    ax.plot([i + dx], [(lo + hi) / 2], marker="D", color=color, ms=5, label=name if i == 0 else None)
+        ax.axhline(1.0, color="0.3", lw=0.8, ls=":")
+        ax.set_yscale("log", base=2)
+        ax.set_xticks(x, [f"{network_label(n)}\n{dataset_label(d)}" for n, d in zip(g["network"], g["dataset"])],
+                      fontsize=8)
+        b = ", ".join(str(int(v)) for v in g["batch"].unique())
+        if table == "table3":
+            sub = f"32 px, batch {b}"
+        else:
+            px = ", ".join("224" if pd.isna(v) else str(int(v)) for v in g["image_size"].unique())
+            sub = f"{px} px, batch {b}" + ("" if px == "224" and b == "32" else "; paper: 224 px, 32")
+        ax.set_title(f"Table {table[-1]} ({sub})", fontsize=9)
+        ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}×"))
+    axes[0][0].set_ylabel("time with noise / time without")
+    axes[0][0].legend(fontsize=7, loc="upper right", framealpha=0.9)
+    fig.suptitle(f"What the noise layers cost: ours ({env['device']}, {int(env['threads'])} thread(s)) vs the paper's "
+                 "Titan-X ratios", fontsize=10)
+    return fig
+
+
+#: The columns of :func:`compaction_table` that :func:`compaction_means` averages over seeds.
+COMPACTION_MEANS = ("test_acc", "paper_param_compression_pct", "params_dense_with_noise", "params_dense_without_noise",
+                    "params_shrunk", "actual_param_compression_pct", "macs_dense", "macs_shrunk", "mac_reduction_pct",
+                    "latency_b1_dense_ms", "latency_b1_plain_ms", "latency_b1_shrunk_ms", "speedup_b1",
+                    "speedup_vs_plain_b1", "realised_fraction_vs_plain_b1", "latency_b32_dense_ms",
+                    "latency_b32_plain_ms", "latency_b32_shrunk_ms", "speedup_b32", "speedup_vs_plain_b32",
+                    "realised_fraction_b32", "realised_fraction_vs_plain_b32")
+
+
+def compaction_means(compaction: pd.DataFrame) -> pd.DataFrame:
+    """:func:`compaction_table` averaged over seeds per (network, dataset, method), with the number of seeds."""
+    keys = ["network", "dataset", "method"]
+    agg = compaction.groupby(keys, sort=False)[list(COMPACTION_MEANS)].mean().reset_index()
+    agg.insert(3, "seeds", compaction.groupby(keys, sort=False)["seed"].nunique().to_numpy())
+    return agg
+
+
+def compaction_display(compaction: pd.DataFrame) -> pd.DataFrame:
+    """What pruning buys, for display: per (network, dataset, method) of ``compaction`` (means over seeds)
+    accuracy, the paper's metric, parameters dense (noise / plain) and shrunk, MACs, latency at batch 1 and
+    32 (masked / plain / shrunk), speed-ups and the realised fraction of the MAC reduction. Title and notes
+    in ``attrs``."""
+    c0 = compaction.iloc[0]
+    rows = []
+    for _, r in compaction_means(compaction).iterrows():
+        rows.append({
+            "network": network_label(r["network"]), "dataset": dataset_label(r["dataset"]),
+            "method": method_label(r["method"]), "seeds": int(r["seeds"]), "acc. %": _fmt(r["test_acc"]),
+            "paper metric %": _fmt(r["paper_param_compression_pct"]),
+            "params dense (noise / plain)": f"{r['params_dense_with_noise']:,.0f} / {r['params_dense_without_noise']:,.0f}",
+            "params shrunk": f"{r['params_shrunk']:,.0f}", "actual %": _fmt(r["actual_param_compression_pct"]),
+            "MACs dense → shrunk": f"{r['macs_dense']:,.0f} → {r['macs_shrunk']:,.0f}",
+            "MACs −%": _fmt(r["mac_reduction_pct"]),
+            "b1 ms masked / plain / shrunk": f"{r['latency_b1_dense_ms']:.3f} / {r['latency_b1_plain_ms']:.3f} / "
+                                             f"{r['latency_b1_shrunk_ms']:.3f}",
+            "b1 speed-up vs plain": _fmt(r["speedup_vs_plain_b1"], ".2f") + "×",
+            "b32 ms masked / plain / shrunk": f"{r['latency_b32_dense_ms']:.3f} / {r['latency_b32_plain_ms']:.3f} / "
+                                              f"{r['latency_b32_shrunk_ms']:.3f}",
+            "b32 speed-up vs masked / plain": f"{_fmt(r['speedup_b32'])}× / {_fmt(r['speedup_vs_plain_b32'])}×",
+            "b32 realised vs masked / plain": f"{_fmt(100 * r['realised_fraction_b32'], '.0f')} / "
+                                              f"{_fmt(100 * r['realised_fraction_vs_plain_b32'], '.0f')} %"})
+    df = pd.DataFrame(rows)
+    df.attrs.update(
+        title="What pruning buys: the Table 1 networks physically shrunk, against the dense ones (not in the paper)",
+        notes=(f"CPU latency, {int(c0['threads'])} thread(s), median of {int(c0['repeats'])} interleaved repeats; "
+               "masked = trained network with noise layers in eval mode; plain = nothing pruned, E[θ] folded in "
+               "(the None architecture); MACs = FlopCounterMode FLOPs / 2 at batch 1; "
+               "realised = (1 − t_s/t_d)/(1 − M_s/M_d); means over seeds"))
+    return df
+
+
+def compaction_figure(compaction: pd.DataFrame) -> Figure:
+    """Left: parameters, MACs and latency (batch 1, 32) of the shrunk networks as % of the dense plain ones;
+    right: latency reduction against MAC reduction (the diagonal: time falls with MACs). Means over seeds."""
+    import matplotlib.pyplot as plt  # deferred: pyplot (and its backend) only when a figure is drawn
+
+    agg = compaction_means(compaction)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(9.0, 3.0 + 0.75 * len(agg)), 4.2), constrained_layout=True,
+                                   gridspec_kw={"width_ratios": [max(len(agg), 2), 2.2]})
+    names = [f"{network_label(n)} {dataset_label(d)}\n{method_label(m)}"
+             for n, d, m in zip(agg["network"], agg["dataset"], agg["method"])]
+    kept = {
+        "parameters": 100 * agg["params_shrunk"] / agg["params_dense_without_noise"],
+        "MACs": 100 * agg["macs_shrunk"] / agg["macs_dense"].clip(lower=1),
+        "latency, batch 1": 100 * agg["latency_b1_shrunk_ms"] / agg["latency_b1_plain_ms"],
+        "latency, batch 32": 100 * agg["latency_b32_shrunk_ms"] / agg["latency_b32_plain_ms"],
+    }
+    x = np.arange(len(agg))
+    w = 0.8 / len(kept)
+    for k, (name, vals) in enumerate(kept.items()):
+        ax1.bar(x + (k - 1.5) * w, vals, w, label=name, color=f"C{[0, 1, 2, 4][k]}")
+    ax1.axhline(100, color="0.3", lw=0.8, ls=":")
+    ax1.set_xticks(x, names, fontsize=7, rotation=0)
+    ax1.set_ylabel("shrunk, % of the dense plain network")
+    ax1.set_title("What is left after removing the pruned units", fontsize=9)
+    ax1.legend(fontsize=7, ncols=2)
+    ax2.plot([0, 100], [0, 100], color="0.5", lw=0.8, ls="--", label="time falls with MACs (100 % realised)")
+    markers = {"mlp": "o", "lenet5": "s"}
+    for j, (n, g) in enumerate(agg.groupby("network", sort=False)):
+        color = ["C0", "C3", "C5", "C7"][j % 4]
+        for b, face in ((1, "none"), (32, color)):
+            cut = 100 * (1 - g[f"latency_b{b}_shrunk_ms"] / g[f"latency_b{b}_plain_ms"])
+            ax2.scatter(g["mac_reduction_pct"], cut, marker=markers.get(n, "^"), s=32, facecolors=face, edgecolors=color,
+                        label=f"{network_label(n)}, batch {b}" + (" (open)" if b == 1 else ""))
+    ax2.set_xlabel("MAC reduction %")
+    ax2.set_ylabel("latency reduction % (vs dense plain)")
+    ax2.set_title("Speed-up realised from the MAC reduction", fontsize=9)
+    ax2.legend(fontsize=6.5, loc="upper left")
+    fig.suptitle(f"What pruning buys (CPU, {int(compaction.iloc[0]['threads'])} thread(s))", fontsize=10)
+    return fig
+
+
+def compaction_lines(compaction: pd.DataFrame) -> list[str]:
+    """What pruning buys, in Markdown bullets per (network, dataset): parameters and MACs kept, the speed-up
+    over the plain and the masked dense network, and the realised fraction of the MAC reduction."""
+    lines = []
+    for (n, d), g in compaction_means(compaction).groupby(["network", "dataset"], sort=False):
+        kept = 100 - g["actual_param_compression_pct"]
+        lines.append(
+            f"* **{network_label(n)} / {dataset_label(d)}** ({len(g)} method(s)): the shrunk networks keep "
+            f"{span(kept.min(), kept.max(), '.1f', ' %')} of the parameters the paper counts (dense, with the noise "
+            f"parameters; the paper's metric says "
+            f"{span(g['paper_param_compression_pct'].min(), g['paper_param_compression_pct'].max(), '.1f', ' %')} "
+            f"removed) and {span(100 - g['mac_reduction_pct'].max(), 100 - g['mac_reduction_pct'].min(), '.1f', ' %')} "
+            f"of the MACs; against the plain dense network they run "
+            f"{span(g['speedup_vs_plain_b1'].min(), g['speedup_vs_plain_b1'].max(), unit='×')} faster at batch 1 and "
+            f"{span(g['speedup_vs_plain_b32'].min(), g['speedup_vs_plain_b32'].max(), unit='×')} at batch 32 "
+            f"(realised: {span(100 * g['realised_fraction_vs_plain_b32'].min(), 100 * g['realised_fraction_vs_plain_b32'].max(), '.0f', ' %')} "
+            f"of the MAC reduction); against the masked network as trained (noise layers still in place) "
+            f"{span(g['speedup_b32'].min(), g['speedup_b32'].max(), unit='×')} at batch 32.")
+    if not bool((compaction["units_pruned"] > 0).any()):
+        lines.append("* No run of this profile pruned a unit, so there is nothing to shrink: every 'realised' "
+                     "fraction is undefined (—) and the only speed-up is that of dropping the noise layers.")
+    return lines

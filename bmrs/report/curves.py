@@ -49,7 +49,6 @@ Conventions and definitions
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -62,13 +61,14 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from tabulate import tabulate
 
 import torch
 
 from bmrs.nn.measure import compare_latency, count_macs, count_parameters
 from bmrs.nn.shrink import dense_network, shrink
 from bmrs.report import paper, tables
-from bmrs.run.store import RESULTS_DIR, load_run
+from bmrs.run.store import RESULTS_DIR, load_run, read_json
 from bmrs.report.labels import DATASET_LABELS, METHOD_LABELS, setting_label  # noqa: F401
 from bmrs.run.data import PAPER_DATASET
 
@@ -84,7 +84,7 @@ BMRS_CRITERIA: tuple[str, ...] = ("bmrs_n", "bmrs_n_code", "bmrs_u8", "bmrs_u4")
 #: Rows/columns of the paper's rank-correlation matrices (Figures 3, 6, 7).
 RANK_ORDER: tuple[str, ...] = ("snr", "etheta", "l2", "bmrs_n", "bmrs_u8", "bmrs_u4")
 #: Stopping-point markers of the paper's Figure 2: circle BMRS_N, square U-8, star U-4.
-#: The paper's BMRS_N is the released code's variant (bmrs_n_code, spec 2.7); ΔF_N of Eq. 8 (bmrs_n), drawn
+#: The paper's BMRS_N is the released code's variant (bmrs_n_code, no 2π); ΔF_N of Eq. 8 (bmrs_n), drawn
 #: beside it, gets a hexagon.
 STOP_MARKERS: dict[str, str] = {"bmrs_n_code": "o", "bmrs_n": "h", "bmrs_u8": "s", "bmrs_u4": "*"}
 #: Fixed colours, so that a criterion has the same colour in every figure.
@@ -101,7 +101,7 @@ RANK_FIGURE: dict[str, int] = {"cifar10": 3, "fashion_mnist": 6, "mnist": 7}
 FIG2_PANELS: dict[tuple[str, str], str] = {("cifar10", "lenet5"): "a", ("cifar10", "mlp"): "b",
                                            ("fashion_mnist", "lenet5"): "c", ("fashion_mnist", "mlp"): "d",
                                            ("mnist", "lenet5"): "e", ("mnist", "mlp"): "f"}
-X_LABELS: dict[str, str] = {"param_compression_pct": "parameter compression % (the paper's metric, Sec. 4)",
+X_LABELS: dict[str, str] = {"param_compression_pct": "parameter compression % (the paper's metric)",
                             "actual_param_compression_pct": "actual parameter compression % (shrunk network)",
                             "structure_compression_pct": "structure compression % (units removed)"}
 
@@ -414,6 +414,62 @@ def accuracy_at(df: pd.DataFrame, criterion: str, at: float, *, x: str = "actual
     return float(np.interp(at, curve["x"], curve["y"]))
 
 
+def _num(value: float, fmt: str, na: str = "n/a") -> str:
+    return format(value, fmt) if value is not None and np.isfinite(value) else na
+
+
+def stops_table(stops: pd.DataFrame, reference: str = "snr") -> pd.DataFrame:
+    """Rows of :func:`stops_vs_knee` (usually one setting's) for display: per BMRS variant the mean ± std
+    stopping point, the paper's marker, the ``reference`` knee, dx = stop − knee and the allowed dx (pp), the
+    reference curve's accuracy at the stopping compression, and whether the stop is near the knee."""
+    ref = label(reference)
+    return pd.DataFrame({
+        "variant": [label(c) for c in stops["criterion"]],
+        "seeds": stops["seeds"].tolist(),
+        "stop comp. %": [f"{a:.1f} ± {b:.1f}" for a, b in zip(stops["stop_x"], stops["stop_x_std"])],
+        "stop acc. %": [f"{a:.2f} ± {b:.2f}" for a, b in zip(stops["stop_acc"], stops["stop_acc_std"])],
+        "marker (max over seeds)": [f"{a:.1f} % @ {b:.2f}" for a, b in zip(stops["marker_x"], stops["marker_acc"])],
+        f"{ref} knee": [f"{a:.1f} % @ {b:.2f}" if np.isfinite(a) else "undefined"
+                        for a, b in zip(stops["knee_x"], stops["knee_acc"])],
+        "dx (pp)": [_num(v, "+.1f") for v in stops["dx"]],
+        "allowed dx (pp)": [_num(v, ".1f") for v in stops["allowed"]],
+        f"{ref} acc. at stop": [_num(v, ".2f") for v in stops["ref_acc_at_stop"]],
+        "near knee": ["yes" if v else "no" for v in stops["near"]],
+    }, columns=["variant", "seeds", "stop comp. %", "stop acc. %", "marker (max over seeds)", f"{ref} knee",
+                "dx (pp)", "allowed dx (pp)", f"{ref} acc. at stop", "near knee"])
+
+
+def stops_text(stops: pd.DataFrame, reference: str = "snr") -> list[str]:
+    """One sentence per row of :func:`stops_vs_knee`: where the variant stops and whether that is near the
+    ``reference`` knee."""
+    ref = label(reference)
+    lines = []
+    for r in stops.itertuples():
+        knee = (f"the {ref} knee at {r.knee_x:.1f} % (acc. {r.knee_acc:.2f} %), dx {r.dx:+.1f} pp"
+                if np.isfinite(r.knee_x) else f"the {ref} curve has no knee")
+        lines.append(f"{label(r.criterion)}: stops at {r.stop_x:.1f} % (acc. {r.stop_acc:.2f} %, mean of {r.seeds} "
+                     f"seed(s)); {knee} -> {'near' if r.near else 'not near'} the knee")
+    return lines
+
+
+def knees_table(knee_rows: pd.DataFrame, *, setting: bool = False, distance: bool = True) -> pd.DataFrame:
+    """Rows of :func:`knees` for display: per criterion its knee (compression, accuracy; "undefined" for a
+    flat or convex curve), optionally the distance above the chord, the knee's resolution and where the
+    curve ends. ``setting=True`` adds a first column naming the setting."""
+    d = knee_rows["defined"].tolist()
+    cols: dict[str, list[str]] = {}
+    if setting:
+        cols["setting"] = [setting_label(a, b) for a, b in zip(knee_rows["dataset"], knee_rows["network"])]
+    cols["criterion"] = [label(c) for c in knee_rows["criterion"]]
+    cols["knee comp. %"] = [f"{v:.1f}" if ok else "undefined" for v, ok in zip(knee_rows["knee_x"], d)]
+    cols["knee acc. %"] = [f"{v:.2f}" if ok else "—" for v, ok in zip(knee_rows["knee_acc"], d)]
+    if distance:
+        cols["distance above chord"] = [f"{v:.3f}" if ok else "—" for v, ok in zip(knee_rows["distance"], d)]
+    cols["resolution (pp)"] = [f"{v:.1f}" if ok else "—" for v, ok in zip(knee_rows["resolution"], d)]
+    cols["curve ends at %"] = [f"{v:.1f}" for v in knee_rows["curve_x_max"]]
+    return pd.DataFrame(cols)
+
+
 # --------------------------------------------------------------------------------------------------
 # Figure 2
 # --------------------------------------------------------------------------------------------------
@@ -476,7 +532,7 @@ def plot_stop_density(ax: Axes, df: pd.DataFrame, *, x: str = "param_compression
     a filled 2-D Gaussian KDE per variant (``levels`` iso-proportion levels, alpha ``alpha``; skipped
     for fewer than 3 points or a degenerate cloud), and the ``reference`` (SNR) mean curve restricted
     to [min − margin, max + margin] of the BMRS compressions (the only line of the axes)."""
-    from scipy.stats import gaussian_kde
+    from scipy.stats import gaussian_kde  # deferred: only the density panel needs it
 
     wanted = [c for c in criteria if c in set(df["criterion"])]
     stops = stopping_points(df, x=x, criteria=wanted)
@@ -529,7 +585,7 @@ def figure2(df: pd.DataFrame, dataset: str, network: str, *, x: str = "param_com
             averaging: Averaging = "interp", criteria: Iterable[str] | None = None, show_knees: bool = True,
             figsize: tuple[float, float] = (11.0, 4.2)) -> Figure:
     """Figure 2 for one setting: left :func:`plot_tradeoff`, right :func:`plot_stop_density`."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: pyplot (and its backend) only when a figure is drawn
 
     sub = _select(df, dataset, network)
     if sub.empty:
@@ -555,7 +611,7 @@ def figure_grid(df: pd.DataFrame, *, x: str = "actual_param_compression_pct", av
                 criteria: Iterable[str] | None = None, show_knees: bool = True, ncols: int = 2,
                 panel_size: tuple[float, float] = (5.5, 4.0)) -> Figure:
     """One :func:`plot_tradeoff` panel per setting (the baselines' post-training figure), knees marked."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: pyplot (and its backend) only when a figure is drawn
 
     settings = settings_of(df)
     ncols = max(1, min(ncols, len(settings)))
@@ -629,7 +685,7 @@ def rank_difference(ours: pd.DataFrame, theirs: pd.DataFrame) -> dict[str, Any]:
 def plot_rank_matrix(ax: Axes, matrix: pd.DataFrame, *, title: str = "", cmap: str = "YlGnBu", vmin: float = -1.0,
                      vmax: float = 1.0, annot: bool = True, fmt: str = ".2g") -> Axes:
     """A Spearman matrix as an annotated heat map (YlGnBu as the paper), rows/columns labelled."""
-    import seaborn as sns
+    import seaborn as sns  # deferred: heavy, only for the heat maps
 
     labels_ = [RANK_LABELS.get(k, label(k)) for k in matrix.index]
     sns.heatmap(matrix.to_numpy(dtype=float), ax=ax, cmap=cmap, vmin=vmin, vmax=vmax, annot=annot, fmt=fmt,
@@ -644,7 +700,7 @@ def rank_figure(ours: pd.DataFrame, theirs: pd.DataFrame | None, *, dataset: str
                 paper_caption: str = "paper", figsize: tuple[float, float] = (13.0, 4.4)) -> Figure:
     """Figures 3/6/7 for one setting: our matrix (mean over ``seeds``), the paper's, and our − paper
     (RdBu, the difference summary of :func:`rank_difference` in the title)."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: pyplot (and its backend) only when a figure is drawn
 
     fig, axes = plt.subplots(1, 3, figsize=figsize, constrained_layout=True)
     plot_rank_matrix(axes[0], ours, title=f"ours: {setting_label(dataset, network)}, mean over {seeds} seed(s)")
@@ -689,6 +745,48 @@ def rank_claims(matrix: pd.DataFrame, *, like_min: float = 0.6, poor_max: float 
     return {"rho_n_snr": n, "rho_u8_snr": u8, "rho_u4_snr": u4, "bmrs_n_like_snr": like, "bmrs_u_ranks_poorly": poor}
 
 
+#: The columns of :func:`rank_summary` (followed by diff_* columns from :func:`rank_difference`).
+RANK_SUMMARY_COLUMNS = ("dataset", "network", "seeds", "rho_n_snr", "rho_u8_snr", "rho_u4_snr", "bmrs_n_like_snr",
+                        "bmrs_u_ranks_poorly", "paper_rho_n_snr", "paper_rho_u8_snr", "paper_rho_u4_snr")
+
+
+def rank_summary(ranks: pd.DataFrame, *, like_min: float = 0.6, poor_max: float = 0.5) -> pd.DataFrame:
+    """Per setting of ``ranks``: the number of seeds, :func:`rank_claims` on our mean matrix, the paper's
+    ρ(·, SNR) of the same pairs (None where the paper has no matrix) and :func:`rank_difference` between the
+    two (columns ``diff_*``)."""
+    rows = []
+    for dataset, network in (settings_of(ranks) if not ranks.empty else []):
+        ours = mean_rank_matrix(ranks, dataset, network)
+        theirs, _ = paper_rank_matrix(dataset, network)
+        mine = rank_claims(ours, like_min=like_min, poor_max=poor_max)
+        paper_claims = rank_claims(theirs, like_min=like_min, poor_max=poor_max) if theirs is not None else {}
+        diff = rank_difference(ours, theirs) if theirs is not None else {}
+        rows.append({"dataset": dataset, "network": network, "seeds": int(_select(ranks, dataset, network)["seed"].nunique()),
+                     **mine, **{f"paper_{k}": paper_claims.get(k) for k in ("rho_n_snr", "rho_u8_snr", "rho_u4_snr")},
+                     **{f"diff_{k}": v for k, v in diff.items()}})
+    return pd.DataFrame(rows, columns=list(dict.fromkeys([*RANK_SUMMARY_COLUMNS, *[k for r in rows for k in r]])))
+
+
+def _rho(v: Any) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.2f}"
+
+
+def rank_summary_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """:func:`rank_summary` for display: ρ(BMRS_N/U-8/U-4, SNR) ours / paper and how far our matrix is from
+    the paper's (mean and largest |ours − paper|, with the pair)."""
+    n = len(summary)
+    mean_diff = summary["diff_mean_abs_diff"] if "diff_mean_abs_diff" in summary else [None] * n
+    max_diff = summary["diff_max_abs_diff"] if "diff_max_abs_diff" in summary else [None] * n
+    max_at = summary["diff_max_at"] if "diff_max_at" in summary else [""] * n
+    out = {"setting": [setting_label(d, w) for d, w in zip(summary["dataset"], summary["network"])]}
+    for key, name in (("rho_n_snr", "BMRS_N"), ("rho_u8_snr", "U-8"), ("rho_u4_snr", "U-4")):
+        out[f"ρ({name}, SNR) ours / paper"] = [f"{_rho(a)} / {_rho(b)}"
+                                               for a, b in zip(summary[key], summary[f"paper_{key}"])]
+    out["mean |ours − paper|"] = [_rho(v) for v in mean_diff]
+    out["max |ours − paper| (pair)"] = [f"{_rho(v)} ({w})" for v, w in zip(max_diff, max_at)]
+    return pd.DataFrame(out)
+
+
 def verdict(value: bool | None) -> str:
     """'confirmed' / 'not confirmed' / 'not tested'."""
     return "not tested" if value is None else ("confirmed" if value else "not confirmed")
@@ -697,9 +795,6 @@ def verdict(value: bool | None) -> str:
 # --------------------------------------------------------------------------------------------------
 # The baselines table (notebook 07)
 # --------------------------------------------------------------------------------------------------
-
-POST_HOC = ("l2", "c_obd", "dirichlet", "eigendamage")
-
 
 def deployment_metrics(summary: pd.DataFrame, *, results_dir: str | os.PathLike[str] | None = None,
                        repeats: int = 20, threads: int = 1) -> pd.DataFrame:
@@ -721,7 +816,7 @@ def deployment_metrics(summary: pd.DataFrame, *, results_dir: str | os.PathLike[
     for rec in summary.to_dict("records"):
         out = dict(rec)
         run = root / str(rec["run_id"])
-        metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
+        metrics = read_json(run / "metrics.json") if (run / "metrics.json").exists() else {}
         final = metrics.get("final", {})
         key = (rec["dataset"], rec["network"])
         if "latency_batch32" in final:
@@ -750,7 +845,7 @@ def deployment_metrics(summary: pd.DataFrame, *, results_dir: str | os.PathLike[
         df[col] = pd.to_numeric(df[col], errors="coerce")
     df["mac_reduction_pct"] = 100.0 * (1.0 - df["macs"] / df["dense_macs"])
     df["speedup"] = df["dense_latency_ms"] / df["latency_ms"]
-    # the paper's metric counts removed units (spec 4.6); EigenDamage removes eigen-directions, not units
+    # the paper's metric counts removed units; EigenDamage removes eigen-directions, not units
     df.loc[df["method"] == "eigendamage", "param_compression_pct"] = np.nan
     return df
 
@@ -801,8 +896,6 @@ def write_table(df: pd.DataFrame, stem: str, *, profile: str, directory: str | o
 
 def markdown(df: pd.DataFrame, floatfmt: str = ".2f") -> str:
     """A DataFrame as a GitHub Markdown table (for display in the notebooks)."""
-    from tabulate import tabulate
-
     flat = df.reset_index() if not isinstance(df.index, pd.RangeIndex) else df
     return tabulate(flat, headers="keys", tablefmt="github", showindex=False, floatfmt=floatfmt, disable_numparse=True)
 
@@ -810,8 +903,9 @@ def markdown(df: pd.DataFrame, floatfmt: str = ".2f") -> str:
 __all__ = [
     "Averaging", "BMRS_CRITERIA", "CRITERION_ORDER", "Knee", "RANK_ORDER", "XMetric", "accuracy_at", "average_curves",
     "average_index", "average_interp", "baselines_table", "chord_distances", "criterion_key", "deployment_metrics",
-    "figure2", "figure_grid", "find_knee", "knees", "label", "markdown", "mean_curve", "mean_rank_matrix",
+    "figure2", "figure_grid", "find_knee", "knees", "knees_table", "label", "markdown", "mean_curve", "mean_rank_matrix",
     "normalize_curves", "paper_rank_matrix", "paper_stop_marker", "present_criteria", "plot_rank_matrix", "plot_stop_density",
-    "plot_tradeoff", "rank_claims", "rank_difference", "rank_figure", "rank_figure_stem", "seed_curves",
-    "settings_of", "stopping_points", "stops_vs_knee", "verdict", "write_table",
+    "plot_tradeoff", "rank_claims", "rank_difference", "rank_figure", "rank_figure_stem", "rank_summary",
+    "rank_summary_table", "seed_curves", "settings_of", "stopping_points", "stops_table", "stops_text", "stops_vs_knee",
+    "verdict", "write_table",
 ]

@@ -12,7 +12,7 @@ from importlib import resources
 import pandas as pd
 
 #: paper method label -> our method key. The paper's BMRS_N numbers come from the released code, whose
-#: ΔF omits the 2π (spec 2.7), so they correspond to our "bmrs_n_code".
+#: ΔF omits the 2π of Eq. 8 (``deltaF`` in its modules/layers.py), so they correspond to our "bmrs_n_code".
 METHOD_KEYS = {"None": "none", "L2": "l2", "E[theta]": "etheta", "SNR": "snr", "BMRS_N": "bmrs_n_code",
                "BMRS_U": "bmrs_u", "BMRS_U-8": "bmrs_u8", "BMRS_U-4": "bmrs_u4"}
 #: paper rank-correlation labels -> our criterion keys (Figures 3, 6, 7)

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
+import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import FancyArrowPatch
 
 from bmrs.util.atomic import atomic_path
 from bmrs.core.distributions import DEFAULT_A, DEFAULT_B, log_normalizer
@@ -116,7 +118,7 @@ def plot_priors(
 ) -> Axes:
     """Draw the original and reduced priors of one noise variable θ on a log-scaled θ axis.
 
-    This is the middle panel of the paper's Figure 1 (spec section 5): the original prior
+    This is the middle panel of the paper's Figure 1: the original prior
     LogU_[e^a, e^b] (solid) and an *illustrative* reduced prior, the truncated log-normal
     LogN_[e^a, e^b](θ | reduced_mu, reduced_sigma²) with μ = −20, σ = 10 (dashed, filled). The x axis
     is θ on a log scale from e^a to e^b.
@@ -140,7 +142,7 @@ def plot_priors(
     linear in x, areas under these curves *are* probabilities, so this variant compares the priors
     faithfully: LogU is a flat line at 1/(b − a), the reduced log-normal a half-bell at the lower bound.
 
-    ``show_bmrs=True`` overlays the two reduced priors BMRS actually uses (spec 2.7, 2.8):
+    ``show_bmrs=True`` overlays the two reduced priors BMRS actually uses (the one behind Eq. 8, and that of Eq. 9):
 
     * BMRS_N: p̃ = LogN(μ̃_p = a, σ̃_p = ``bmrs_n_sigma`` = 1e−6), a near-Dirac at log θ = a. Its
       density (≈ 8·10⁵ over x, ≈ 8·10⁵·e^20 over θ) cannot be drawn to scale; it is shown as a vertical
@@ -227,7 +229,7 @@ def plot_expected_theta_hist(ax: Axes, values: Sequence[float] | np.ndarray, *, 
     edges = np.linspace(0.0, 1.0, int(bins) + 1)
     ax.hist(x, bins=edges, color=color, alpha=0.5, edgecolor="white", linewidth=0.6, label=label)
     if kde and x.size >= 2 and np.ptp(x) > 0:
-        from scipy.stats import gaussian_kde
+        from scipy.stats import gaussian_kde  # deferred: only the density panel needs it
 
         try:
             density = gaussian_kde(x)
@@ -248,7 +250,7 @@ def plot_figure1(expected_theta: Sequence[float] | np.ndarray, kept: Sequence[bo
     (histogram, ``bins`` bins on [0, 1], with KDE); middle, the original and an illustrative reduced prior
     (:func:`plot_priors`); right, E[θ] of the units that the method kept (mask = 1). Arrows between the
     panels read "Calculate ΔF" and "Prune ΔF ≥ 0". Both histograms share the y axis."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: pyplot (and its backend) only when a figure is drawn
 
     e = np.asarray(expected_theta, dtype=np.float64)
     keep = np.asarray(kept, dtype=bool)
@@ -279,8 +281,6 @@ def plot_figure1(expected_theta: Sequence[float] | np.ndarray, kept: Sequence[bo
 
 def _arrow(start: tuple[float, float], end: tuple[float, float], fig: Figure):
     """An arrow between two points given in figure coordinates."""
-    from matplotlib.patches import FancyArrowPatch
-
     return FancyArrowPatch(start, end, transform=fig.transFigure, arrowstyle="-|>", mutation_scale=12, lw=1.4,
                            color="0.2")
 
@@ -295,8 +295,6 @@ def plot_p1_sweep(ax: Axes, summary, *, acc_color: str = "C0", comp_color: str =
 
     ``summary`` is a p1_sweep summary (columns p1, test_acc, param_compression_pct, seed) of a single
     (network, dataset). Returns (accuracy axis, compression axis)."""
-    import pandas as pd
-
     df = pd.DataFrame(summary)
     if df.empty:
         raise ValueError("the p1 sweep summary is empty; run the sweep first")

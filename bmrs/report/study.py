@@ -9,7 +9,7 @@ so that figures and tables can be regenerated without training (``source="refere
 Summaries (one row each):
 
 * ``continuous``    — a continuous-pruning run (Tables 1, 2, the 2π comparison, Figure 4):
-                      dataset, network, method, seed, p1, test_acc, param_compression_pct (spec 4.6),
+                      dataset, network, method, seed, p1, test_acc, param_compression_pct (the paper's metric),
                       actual_param_compression_pct (physically shrunk), structure_compression_pct, ...
 * ``posttrain``     — a point of a post-training sweep (Figure 2): dataset, network, seed, criterion,
                       level, test_acc, param_compression_pct, actual_param_compression_pct, ...
@@ -20,6 +20,7 @@ Summaries (one row each):
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -32,6 +33,7 @@ from bmrs.core.reduction import delta_f_bmrs_n
 from bmrs.nn.measure import actual_param_compression, plain_parameters
 from bmrs.nn.noise import noise_layers
 from bmrs.run import experiments as ex
+from bmrs.run.profile import CONFIGS_DIR, load_profile
 from bmrs.run import grid
 from bmrs.util.atomic import atomic_path
 from bmrs.nn.paper_metric import PAPER_METRIC_VERSION, paper_compression
@@ -203,17 +205,30 @@ def unit_statistics(setting: dict[str, Any], method: str, seed: int, *, profile:
     return pd.DataFrame(rows)
 
 
-def publish_reference(profile: str = "quick", names: Iterable[str] | None = None) -> list[Path]:
-    """Copy a profile's summaries to results/reference/ (what the repository commits)."""
+def reference_dir_of(profile: str) -> Path:
+    """Where a profile's committed summaries live: the ``reference_dir`` its study notebooks are given in
+    ``configs/<profile>.yaml`` (results/reference/fmnist for the fmnist profile), else results/reference."""
+    prof = load_profile(profile, CONFIGS_DIR)
+    for stem in ("03_continuous_pruning", "04_post_training", "02_figure1_units"):
+        if "reference_dir" in prof.parameters(stem):
+            return Path(prof.parameters(stem)["reference_dir"])
+    return REFERENCE_DIR
+
+
+def publish_reference(profile: str = "quick", names: Iterable[str] | None = None,
+                      to: Path | str | None = None) -> list[Path]:
+    """Copy a profile's summaries (``results/summary/<profile>/*.csv``) to its reference directory
+    (:func:`reference_dir_of`, or ``to``): what the repository commits."""
     src = SUMMARY_DIR / profile
     if not src.exists():
         raise FileNotFoundError(f"{src} does not exist; run ./run_all.sh --profile {profile} first")
-    REFERENCE_DIR.mkdir(parents=True, exist_ok=True)
+    target_dir = Path(to) if to is not None else reference_dir_of(profile)
+    target_dir.mkdir(parents=True, exist_ok=True)
     out = []
     for path in sorted(src.glob("*.csv")):
         if names is not None and path.stem not in set(names):
             continue
-        target = REFERENCE_DIR / path.name
+        target = target_dir / path.name
         with atomic_path(target) as tmp:
             tmp.write_bytes(path.read_bytes())
         out.append(target)
@@ -221,14 +236,13 @@ def publish_reference(profile: str = "quick", names: Iterable[str] | None = None
 
 
 def _main() -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m bmrs.report.study")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("publish", help="copy results/summary/<profile>/*.csv to results/reference/")
+    p = sub.add_parser("publish", help="copy results/summary/<profile>/*.csv to the profile's reference directory")
     p.add_argument("--profile", default="quick")
+    p.add_argument("--only", nargs="*", help="summary names to publish (default: all)")
     args = parser.parse_args()
-    for path in publish_reference(args.profile):
+    for path in publish_reference(args.profile, args.only):
         print(path)
     return 0
 

