@@ -92,7 +92,7 @@ from IPython.display import Markdown, display
 
 from bmrs.report import claims
 from bmrs.report import curves as C
-from bmrs.report import study
+from bmrs.report import study, verdicts
 from bmrs.report.plots import save_figure
 
 t_start = time.perf_counter()
@@ -205,4 +205,18 @@ for row in claims_df.itertuples():
 C.write_table(claims_df.set_index("claim"), "posttrain_claims", profile=profile, directory=tables_dir,
               seeds=sorted(set(curves["seed"])), source=source,
               title="Post-training claims (Figures 2, 3, 6, 7) on our numbers")
+
+# %% [markdown]
+# ## The same claims, seed by seed
+#
+# Each seed's own curves: does that seed's BMRS stopping point lie near the knee of that seed's SNR curve, and do
+# that seed's rank correlations show BMRS_N ranking like SNR and BMRS_U ranking poorly? "mixed" means some seeds
+# agree and some do not.
+
+# %%
+by_seed = verdicts.posttrain_claim_verdicts(curves, ranks, x=x_metric)
+display(Markdown(C.markdown(by_seed)))
+C.write_table(by_seed.set_index(["claim", "setting"]), "posttrain_claims_by_seed", profile=profile,
+              directory=tables_dir, seeds=sorted(set(curves["seed"])), source=source,
+              title="Post-training claims, seed by seed")
 print(f"done in {time.perf_counter() - t_start:.1f} s (profile {profile}, source {source})")

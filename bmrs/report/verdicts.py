@@ -180,36 +180,56 @@ def claim_verdicts(summary: pd.DataFrame, posttrain: pd.DataFrame | None = None,
                "the paper's numbers come from the code variant (its Eq. 8 has an extra ½ log 2π)",
                "; ".join(f"seed {s}: Eq. 8 {eq8[s]:.2f} vs code {code[s]:.2f}" for s in sorted(seeds)))
 
-        if posttrain is not None and len(posttrain):
-            sub = posttrain[(posttrain["network"] == net) & (posttrain["dataset"] == ds)]
-            for crit in ("bmrs_n_code", "bmrs_u8", "bmrs_u4"):
-                per: dict[int, bool | None] = {}
-                dxs = []
-                for seed, g in sub.groupby("seed"):
-                    k = curves.stops_vs_knee(g, x=x, criteria=(crit,))
-                    if len(k):
-                        per[int(seed)] = bool(k["near"].iloc[0])
-                        dxs.append(f"{float(k['dx'].iloc[0]):+.1f}")
-                _claim(rows, f"{method_label(crit)} stops near the knee of the SNR post-training curve", setting,
-                       True, per, "yes (every setting; U-4 in 4 of 6)",
-                       ("stop − knee: " + ", ".join(dxs) + " points") if dxs else "")
-        if ranks is not None and len(ranks):
-            sub = ranks[(ranks["network"] == net) & (ranks["dataset"] == ds)]
-            like: dict[int, bool | None] = {}
-            poor: dict[int, bool | None] = {}
-            vals_n, vals_u = [], []
+        rows += _posttrain_claims(posttrain, ranks, net, ds, x=x)
+    return pd.DataFrame(rows, columns=["claim", "setting", "paper", "seeds agreeing", "ours", "verdict"])
+
+
+def _posttrain_claims(posttrain: pd.DataFrame | None, ranks: pd.DataFrame | None, net: str, ds: str, *,
+                      x: str) -> list[dict[str, Any]]:
+    """The knee and rank claims of one setting, seed by seed."""
+    rows: list[dict[str, Any]] = []
+    setting = setting_label(ds, net)
+    if posttrain is not None and len(posttrain):
+        sub = posttrain[(posttrain["network"] == net) & (posttrain["dataset"] == ds)]
+        for crit in ("bmrs_n_code", "bmrs_u8", "bmrs_u4"):
+            per: dict[int, bool | None] = {}
+            dxs = []
             for seed, g in sub.groupby("seed"):
-                m = g.pivot_table(index="row", columns="col", values="spearman")
-                c = curves.rank_claims(m)
-                if c["rho_n_snr"] is not None:
-                    like[int(seed)] = bool(RANK_LIKE[0] - 1e-9 <= c["rho_n_snr"] <= 1.0)
-                    vals_n.append(f"{c['rho_n_snr']:.2f}")
-                poor[int(seed)] = c["bmrs_u_ranks_poorly"]
-                vals_u.append("/".join(f"{v:.2f}" for v in (c["rho_u8_snr"], c["rho_u4_snr"]) if v is not None))
-            _claim(rows, "BMRS_N ranks units like SNR (Spearman 0.67-0.95)", setting, True, like,
-                   "yes (Figures 3, 6, 7: 0.67-0.95)", "ρ(BMRS_N, SNR): " + ", ".join(vals_n) + " (the paper's range 0.67-0.95)")
-            _claim(rows, "BMRS_U ranks units poorly (ρ with SNR ≤ 0.5 and below BMRS_N's)", setting, True, poor,
-                   "yes (−0.71 … 0.47)", "ρ(U-8/U-4, SNR): " + ", ".join(vals_u))
+                k = curves.stops_vs_knee(g, x=x, criteria=(crit,))
+                if len(k):
+                    per[int(seed)] = bool(k["near"].iloc[0])
+                    dxs.append(f"{float(k['dx'].iloc[0]):+.1f}")
+            _claim(rows, f"{method_label(crit)} stops near the knee of the SNR post-training curve", setting,
+                   True, per, "yes (every setting; U-4 in 4 of 6)",
+                   ("stop − knee: " + ", ".join(dxs) + " points") if dxs else "")
+    if ranks is not None and len(ranks):
+        sub = ranks[(ranks["network"] == net) & (ranks["dataset"] == ds)]
+        like: dict[int, bool | None] = {}
+        poor: dict[int, bool | None] = {}
+        vals_n, vals_u = [], []
+        for seed, g in sub.groupby("seed"):
+            m = g.pivot_table(index="row", columns="col", values="spearman")
+            c = curves.rank_claims(m)
+            if c["rho_n_snr"] is not None:
+                like[int(seed)] = bool(RANK_LIKE[0] - 1e-9 <= c["rho_n_snr"] <= 1.0)
+                vals_n.append(f"{c['rho_n_snr']:.2f}")
+            poor[int(seed)] = c["bmrs_u_ranks_poorly"]
+            vals_u.append("/".join(f"{v:.2f}" for v in (c["rho_u8_snr"], c["rho_u4_snr"]) if v is not None))
+        _claim(rows, "BMRS_N ranks units like SNR (Spearman 0.67-0.95)", setting, True, like,
+               "yes (Figures 3, 6, 7: 0.67-0.95)", "ρ(BMRS_N, SNR): " + ", ".join(vals_n) + " (the paper's range 0.67-0.95)")
+        _claim(rows, "BMRS_U ranks units poorly (ρ with SNR ≤ 0.5 and below BMRS_N's)", setting, True, poor,
+               "yes (−0.71 … 0.47)", "ρ(U-8/U-4, SNR): " + ", ".join(vals_u))
+    return rows
+
+
+def posttrain_claim_verdicts(posttrain: pd.DataFrame, ranks: pd.DataFrame | None = None, *,
+                             x: str = "param_compression_pct") -> pd.DataFrame:
+    """The post-training claims (BMRS stops near the knee; BMRS_N ranks like SNR; BMRS_U ranks poorly) of every
+    setting in ``posttrain`` (a ``posttrain`` summary with the criterion keys of :func:`curves.normalize_curves`),
+    seed by seed. Columns as :func:`claim_verdicts`."""
+    rows: list[dict[str, Any]] = []
+    for (net, ds), _ in posttrain.groupby(["network", "dataset"], sort=False):
+        rows += _posttrain_claims(posttrain, ranks, net, ds, x=x)
     return pd.DataFrame(rows, columns=["claim", "setting", "paper", "seeds agreeing", "ours", "verdict"])
 
 

@@ -1,19 +1,21 @@
-"""The comparison protocol for the post-hoc baselines (baselines_spec.md part C).
+"""The comparison protocol for the post-hoc baselines (EigenDamage: Wang et al., ICML 2019; C-OBD, its
+diagonal-Fisher baseline; Dirichlet pruning: Adamczewski & Park, 2021), set beside BMRS as the released
+BMRS code's compression_vs_accuracy_separate.py sets its criteria side by side.
 
 Every post-hoc method starts from the same trained network as the BMRS runs of the same setting and
-seed — the "base" run: noise layers, no masking, the full training schedule (spec 4.5) — and gets the
+seed — the "base" run: noise layers, no masking, the full training schedule — and gets the
 same post-pruning budget as BMRS's fine-tuning phase (10 epochs, best validation epoch evaluated on
 test). What differs is how the network is pruned:
 
-* ``l2`` (the paper's L2 baseline, spec 3): the globally smallest incoming-weight norms, to the
-  structure fraction that BMRS_N reached (spec 3);
+* ``l2`` (the paper's L2 baseline): the globally smallest incoming-weight norms, to the
+  structure fraction that BMRS_N reached (the released train.py's --compression_percentage_file);
 * ``c_obd``, ``dirichlet``: unit scores fitted on the base network (diagonal Fisher; Dirichlet
   switches), units masked through the noise layers to the *parameter* compression BMRS_N reached on its
   own (counted on the physically shrunk network), then fine-tuned like BMRS (CE + KL, masks frozen);
-* ``eigendamage``: the noise layers are folded into the weights (spec C.2 (b)), eigen-units are pruned
-  by one global threshold with the per-layer cap, the layers are rebuilt as rotate → core → rotate, and
+* ``eigendamage``: the noise layers are folded into the weights as E[θ]·mask
+  (bmrs.prune.eigendamage.fold_noise), eigen-units are pruned by one global threshold with the per-layer cap, the layers are rebuilt as rotate → core → rotate, and
   the network is fine-tuned with cross-entropy only (it has no noise layers); its parameter count
-  includes the rotation matrices (spec C.3) and is matched to BMRS_N's.
+  includes the rotation matrices (as the EigenDamage authors count them) and is matched to BMRS_N's.
 
 Matching a parameter compression is done by bisection over the method's own pruning level.
 """
@@ -101,7 +103,7 @@ def run(cfg, model: nn.Module, bundle, tcfg: TrainConfig, *, reference: dict[str
     else:
         criterion = registry.make_criterion(cfg.method)
         criterion.fit(model, bundle, device=device, seed=cfg.seed)
-        if cfg.method == "l2":  # the paper's rule: BMRS_N's structure fraction (paper Sec. 3)
+        if cfg.method == "l2":  # the paper's rule: BMRS_N's structure fraction (Tables 1-2)
             fraction = reference["final"]["structure_compression_pct"] / 100.0
         else:
             probe = copy.deepcopy(model)

@@ -1,11 +1,12 @@
-"""The paper's training and pruning protocol (spec 2.4, 2.9, 4.3–4.5), in one readable loop.
+"""The paper's training and pruning protocol (Algorithm 1, Eq. 2–3, Appendix C; the released
+code's train.py), in one readable loop.
 
 Continuous pruning (Tables 1, 2; Algorithm 1):
 
     for epoch j = 1 .. e_T:                      # phase "train"
-        one pass of minibatch training on  CE(mean over batch) + kl_weight · KL_model   (spec 2.4)
-        if P > 0 and j mod P == 0: masks ← criterion(μ, σ)  (recomputed from scratch, spec 2.9)
-    final pruning (the L2 baseline's only pruning: the structure fraction BMRS_N reached, spec 3)
+        one pass of minibatch training on  CE(mean over batch) + kl_weight · KL_model   (Eq. 2–3)
+        if P > 0 and j mod P == 0: masks ← criterion(μ, σ)  (recomputed from scratch)
+    final pruning (the L2 baseline's only pruning: the structure fraction BMRS_N reached)
     for epoch = 1 .. e_F:                         # phase "finetune": masks frozen
         one pass of training; keep the state with the best validation accuracy
     evaluate that state on the test set
@@ -43,7 +44,7 @@ from bmrs.nn.noise import model_kl, noise_layers
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings of one run (spec 4.3); see bmrs.run.experiments.PRESETS for the paper's."""
+    """Optimisation settings of one run (paper Appendix C); see bmrs.run.experiments.PRESETS for the paper's."""
 
     epochs: int = 50
     finetune_epochs: int = 10
@@ -52,12 +53,12 @@ class TrainConfig:
     optimizer: str = "adam"  # "adam" | "adamw"
     weight_decay: float = 0.0
     warmup_steps: int = 0  # > 0: linear warm-up then linear decay (the ViT schedule), rebuilt for fine-tuning
-    kl_reduction: str = "mean"  # spec 2.4
+    kl_reduction: str = "mean"  # the released code's --kl_averaging mean
     kl_weight: float = 1.0
     prune_every: int = 1  # P; 0 = no pruning during training (post-training base models)
     noise_lr_scale: float = 1.0  # learning-rate multiplier for the noise parameters (mu, log sigma)
-    # "best_val": the best-validation epoch of fine-tuning (of training when finetune_epochs is 0), spec 4.4.5;
-    # "last": the last epoch's weights (the post-training base networks: spec 4.5 prunes the network
+    # "best_val": the best-validation epoch of fine-tuning (of training when finetune_epochs is 0), Algorithm 1;
+    # "last": the last epoch's weights (the post-training base networks: Figure 2's protocol prunes the network
     # trained for the full schedule, as the released code's L2 prunes the model its training loop ends with)
     selection: str = "best_val"
     eval_batch_size: int = 1024
@@ -131,7 +132,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_ste
 
 def train_epoch(model: nn.Module, split, optimizer, *, cfg: TrainConfig, device: torch.device,
                 generator: torch.Generator, scheduler=None, shuffle: bool = True, desc: str = "") -> dict[str, float]:
-    """One pass over split minimising CE + kl_weight · KL (spec 2.4). Returns mean loss terms."""
+    """One pass over split minimising CE + kl_weight · KL (Eq. 2–3). Returns mean loss terms."""
     model.train()
     totals = {"loss": 0.0, "ce": 0.0, "kl": 0.0}
     n_batches = 0
@@ -280,9 +281,11 @@ class Trainer:
             if self.scheduler is not None and state["scheduler"] is not None:
                 self.scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"], self.generator)
-        except (RuntimeError, KeyError, EOFError, ValueError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 — random bytes unpickle into any error (UnpicklingError, ...)
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
             raise RuntimeError(
-                f"the checkpoint {self.checkpoint} cannot be resumed ({exc}); delete it to start the run afresh"
+                f"the checkpoint {self.checkpoint} cannot be resumed ({first}); delete it (or pass --force) to start "
+                "the run afresh"
             ) from exc
         self.epoch = state["epoch"]
         self.result.history = state["history"]
@@ -370,13 +373,13 @@ class Trainer:
 
 
 # --------------------------------------------------------------------------------------------------
-# Post-training pruning (spec 4.5): one trained network, every criterion, a sweep of pruning levels
+# Post-training pruning (Figure 2): one trained network, every criterion, a sweep of pruning levels
 # --------------------------------------------------------------------------------------------------
 
 def sweep_levels(levels, prune: Callable[[float], tuple[nn.Module, Any]], measure: Callable[[nn.Module], dict],
                  data, cfg: TrainConfig, *, name: str, seed: int, device: torch.device, finetune_epochs: int,
                  optimizer_for: Callable[[nn.Module], torch.optim.Optimizer]) -> list[dict[str, Any]]:
-    """The post-training sweep loop (paper Sec. 4, Figure 2), shared by every criterion and EigenDamage: for each
+    """The post-training sweep loop (the paper's Figure 2), shared by every criterion and EigenDamage: for each
     level λ, ``prune(λ)`` returns the pruned network and a key of its structure; a level whose key equals the
     previous level's is skipped (a record is kept whenever the compression changes); otherwise the network is
     fine-tuned `finetune_epochs` epochs without shuffling (one generator seeded once for the whole sweep) with
@@ -405,7 +408,7 @@ def post_training_sweep(model: nn.Module, trained_state: dict[str, Tensor], data
     important λ% by criterion (BMRS never prunes a unit with ΔF < 0), fine-tune `finetune_epochs`
     epochs without shuffling, and record test accuracy and compression. As in the released code the
     Adam state carries over from one λ to the next (carry_optimizer_state=True). A record is kept
-    whenever the compression changes (paper Sec. 4).
+    whenever the compression changes (as for the paper's Figure 2).
     """
     model.load_state_dict(trained_state)
     dense = plain_parameters(model)
