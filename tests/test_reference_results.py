@@ -90,3 +90,32 @@ def test_figure_and_table_notebooks_regenerate_from_the_committed_reference(tmp_
     baselines = (tables / "baselines.md").read_text()
     for acc in pd.read_csv(REFERENCE / "baselines.csv")["test_acc"]:
         assert f"| {acc:.2f} " in baselines, acc
+
+
+FMNIST = ROOT / "results" / "reference" / "fmnist"
+
+
+@pytest.mark.notebook
+@pytest.mark.timeout(900)
+def test_fmnist_reference_regenerates_its_tables_without_training(tmp_path, capsys, monkeypatch):
+    """The paper-protocol Fashion-MNIST results (profile fmnist) are committed as summaries; notebooks 02 and 03
+    regenerate Figure 1, Table 1 and the verdicts from them alone."""
+    if not (FMNIST / "continuous.csv").is_file():
+        pytest.skip("no committed fmnist reference yet (python -m bmrs.report.study publish --profile fmnist)")
+    monkeypatch.setenv("BMRS_QUIET", "1")
+    runs, tables = tmp_path / "runs", tmp_path / "tables"
+    runs.mkdir()
+    args = ["--profile", "fmnist", "--only", "02_figure1_units", "--only", "03_continuous_pruning", "--quiet", "--force",
+            "--results-dir", str(tmp_path / "results")]
+    for key, value in {"source": "reference", "reference_dir": str(FMNIST), "runs_dir": str(runs),
+                       "summary_dir": str(tmp_path / "summary"), "figures_dir": str(tmp_path / "figures"),
+                       "tables_dir": str(tables)}.items():
+        args += ["--param", f"{key}={value}"]
+    assert runner.main(args) == 0, capsys.readouterr().err
+    assert list(runs.iterdir()) == [], "a reference rerun must train nothing"
+    summary = pd.read_csv(FMNIST / "continuous.csv")
+    assert set(summary["profile"]) == {"fmnist"} and set(summary["train_epochs"]) == {50}
+    verdicts = (tables / "table1_verdicts.md").read_text()
+    mlp = summary[(summary["network"] == "mlp") & (summary["method"] == "bmrs_n_code")]["test_acc"]
+    assert f"{mlp.mean():.2f} ± {mlp.std(ddof=0):.2f}" in verdicts  # our MLP BMRS_N over the committed seeds ...
+    assert "84.99 ± 0.35" in verdicts  # ... beside the paper's

@@ -119,15 +119,19 @@ def _compressions(cfg: ex.RunConfig, final: dict[str, Any], results_dir) -> tupl
 
 
 def continuous(settings: Iterable[dict[str, Any]], methods: Iterable[str], seeds: Iterable[int], *, profile: str,
-               results_dir: Path | str | None = None, log=print) -> pd.DataFrame:
-    """Run every (setting, method, seed) and collect one row per run (Tables 1, 2)."""
+               results_dir: Path | str | None = None, log=print, finished_only: bool = False) -> pd.DataFrame:
+    """Run every (setting, method, seed) and collect one row per run (Tables 1, 2). With ``finished_only``
+    nothing is trained: only the runs that have finished are collected (a summary of a grid in progress)."""
     rows = []
     for setting in settings:
         for seed in seeds:
             for method in methods:
                 cfg = _run_config(setting, method, seed, profile)
+                path = ex.run_dir(cfg, results_dir) / "metrics.json"
+                if finished_only and not path.exists():
+                    continue
                 log(f"[continuous] {cfg.network} / {cfg.dataset} / {method} / seed {seed}")
-                m = ex.run(cfg, results_dir=results_dir, log=lambda _: None)
+                m = ex.read_json(path) if finished_only else ex.run(cfg, results_dir=results_dir, log=lambda _: None)
                 rows.append(_row(cfg, m, results_dir))
     return pd.DataFrame(rows)
 

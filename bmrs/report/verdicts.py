@@ -39,9 +39,9 @@ def _pm(values: pd.Series) -> tuple[float, float, int]:
     return (float(x.mean()), float(x.std(ddof=0)), int(x.size)) if x.size else (math.nan, math.nan, 0)
 
 
-def _fmt(mean: float, std: float, n: int | None = None) -> str:
+def _fmt(mean: float, std: float, n: int | None = None, missing: str = tables.NOT_RUN) -> str:
     if not math.isfinite(mean):
-        return tables.NOT_RUN
+        return missing
     return tables.format_mean_std(mean, std, n)
 
 
@@ -79,10 +79,10 @@ def cell_table(verdicts: pd.DataFrame) -> pd.DataFrame:
     for r in verdicts.to_dict("records"):
         out.append({"setting": r["setting"], "method": r["label"], "seeds": r["seeds"],
                     "Acc. % ours": _fmt(r["acc_mean"], r["acc_std"]),
-                    "Acc. % paper": _fmt(r["paper_acc_mean"], r["paper_acc_std"]),
+                    "Acc. % paper": _fmt(r["paper_acc_mean"], r["paper_acc_std"], missing=tables.NOT_REPORTED),
                     "acc. within ±2σ": _yes_no(r["acc_ok"]),
                     "Comp. % ours": _fmt(r["comp_mean"], r["comp_std"]),
-                    "Comp. % paper": _fmt(r["paper_comp_mean"], r["paper_comp_std"]),
+                    "Comp. % paper": _fmt(r["paper_comp_mean"], r["paper_comp_std"], missing=tables.NOT_REPORTED),
                     "comp. within ±5": _yes_no(r["comp_ok"]),
                     "actual comp. % (shrunk)": _fmt(r["actual_comp_mean"], r["actual_comp_std"])})
     return pd.DataFrame(out).set_index(["setting", "method"]) if out else pd.DataFrame(out)
