@@ -1,0 +1,326 @@
+"""The grid (bmrs.run.grid, ``python -m bmrs grid``) without Slurm: the smoke profile's expansion, the
+notebooks' runs among its tasks, --dry-run / --status, bad input, and local submitit workers on a tiny
+profile (each task computed once, a failure reported with its log while the rest finish, a rerun that
+computes only the failed task, Ctrl-C and resume). The Slurm executor is tested in test_slurm.py."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bmrs.nn.paper_metric import PAPER_METRIC_VERSION
+from bmrs.report import study
+from bmrs.run import cli, grid
+from bmrs.run import experiments as ex
+from bmrs.run.config import base_config
+from bmrs.run.profile import load_profile
+from bmrs.run.store import run_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+
+TINY_SETTING = "{dataset: digits, network: mlp, epochs: 1, finetune_epochs: 1, limit_train: 300, limit_test: 200, batch_size: 32}"
+TINY = f"""profile: tiny
+notebooks:
+  03_continuous_pruning:
+    table1_settings: [&mlp {TINY_SETTING}]
+    methods: [none, etheta, l2]
+    seeds: [1000]
+  04_post_training:
+    settings: [*mlp]
+    seeds: [1000]
+    criteria: [l2]
+    levels: [0, 50]
+"""
+
+
+def write_profile(directory: Path, name: str, text: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.yaml").write_text(text)
+    return directory
+
+
+def grid_args(configs: Path, results: Path, profile: str = "tiny", *extra: str) -> list[str]:
+    return ["grid", "--profile", profile, "--configs-dir", str(configs), "--results-dir", str(results), *extra]
+
+
+# --------------------------------------------------------------------------------------------------
+# The smoke profile as data
+# --------------------------------------------------------------------------------------------------
+
+def test_smoke_expansion_in_dependency_order_each_task_once():
+    tasks = grid.expand("smoke")
+    keys = [t.key for t in tasks]
+    assert len(keys) == len(set(keys)), "a task appears twice"
+    runs = [t for t in tasks if t.kind == "run"]
+    assert len({t.config.run_id for t in runs}) == len(runs)
+    assert [t.wave for t in tasks] == sorted(t.wave for t in tasks)
+    position = {t.key: i for i, t in enumerate(tasks)}
+    by_key = {t.key: t for t in tasks}
+    for i, t in enumerate(tasks):
+        for need in t.needs:  # every input is a run task of a lower wave, listed earlier
+            assert need in by_key and by_key[need].kind == "run" and position[need] < i
+            assert by_key[need].wave < t.wave
+        if t.kind == "sweep":
+            assert base_config(t.config).run_id in t.needs
+        if t.kind == "run" and t.config.method in ("l2", "c_obd", "dirichlet", "eigendamage"):
+            assert set(t.needs) == {base_config(t.config).run_id, t.config.replace(method="bmrs_n_code").run_id}
+    assert {t.wave for t in tasks} == {0, 1} and all(t.wave == 0 for t in tasks if not t.needs)
+
+
+def notebook_parameters(stem: str, profile: str, configs_dir: Path | None = None) -> dict:
+    """A notebook's parameters as the runner passes them: its parameters cell, then the profile's section."""
+    path = next(NOTEBOOKS.glob(f"{stem}.py"))
+    text = path.read_text()
+    cell = text.split('# %% tags=["parameters"]', 1)[1].split("\n# %%", 1)[0]
+    values: dict = {}
+    exec(compile(ast.parse(cell), str(path), "exec"), {}, values)  # noqa: S102 - the project's own notebook
+    prof = load_profile(profile, configs_dir or ROOT / "configs")
+    values.update(prof.parameters(stem))
+    return values
+
+
+def notebook_requests(profile: str, monkeypatch, configs_dir: Path | None = None) -> tuple[set[str], set[str]]:
+    """The run ids and sweep keys the study notebooks 02-07 ask bmrs.report.study for, recorded without
+    training (the runner is replaced by a recorder that returns placeholder metrics)."""
+    runs: set[str] = set()
+    sweeps: set[str] = set()
+
+    def fake_run(cfg, **_):
+        runs.add(cfg.run_id)
+        return {"final": {"test_acc": 0.0, "param_compression_pct": 0.0, "actual_param_compression_pct": 0.0,
+                          "structure_compression_pct": 0.0, "paper_metric_version": PAPER_METRIC_VERSION},
+                "history": [], "run_id": cfg.run_id}
+
+    def fake_posttrain(base, criteria, levels, *, finetune_epochs_per_level, **_):
+        for c in criteria:
+            sweeps.add(grid.Task("sweep", base_config(base), criterion=c, levels=tuple(float(x) for x in levels),
+                                 finetune_epochs=finetune_epochs_per_level).key)
+        return {"curves": {c: [] for c in criteria}, "ranks": {}}
+
+    class Recorded(Exception):
+        pass
+
+    def fake_load_model(*_, **__):
+        raise Recorded
+
+    monkeypatch.setattr(ex, "run", fake_run)
+    monkeypatch.setattr(ex, "run_posttrain", fake_posttrain)
+    monkeypatch.setattr(ex, "load_model", fake_load_model)
+    p = lambda stem: notebook_parameters(stem, profile, configs_dir)  # noqa: E731
+    with pytest.raises(Recorded):  # 02 loads the run's network after asking for it
+        q = p("02_figure1_units")
+        study.unit_statistics(q["setting"], q["method"], q["run_seed"], profile=profile)
+    q = p("03_continuous_pruning")
+    study.continuous(q["table1_settings"], q["methods"], q["seeds"], profile=profile, log=lambda _: None)
+    study.continuous(q["table2_settings"], q["methods"], q["table2_seeds"], profile=profile, log=lambda _: None)
+    q = p("04_post_training")
+    study.posttrain(q["settings"], q["seeds"], q["criteria"], q["levels"], profile=profile, log=lambda _: None)
+    q = p("05_bmrs_u_precision")
+    study.p1_sweep(q["setting"], q["p1_values"], q["seeds"], profile=profile, log=lambda _: None)
+    q = p("06_cost")
+    study.continuous(q["settings"], q["methods"], q["seeds"], profile=profile, log=lambda _: None)
+    q = p("07_baselines")
+    study.continuous(q["settings"], q["methods"], q["seeds"], profile=profile, log=lambda _: None)
+    study.posttrain(q["settings"], q["seeds"], q["criteria"], q["levels"], profile=profile, log=lambda _: None)
+    return runs, sweeps
+
+
+def test_every_run_and_sweep_the_smoke_notebooks_ask_for_is_a_grid_task(monkeypatch):
+    keys = {t.key for t in grid.expand("smoke")}
+    runs, sweeps = notebook_requests("smoke", monkeypatch)
+    assert runs and sweeps
+    assert runs <= keys, f"runs the notebooks train that the grid lacks: {sorted(runs - keys)}"
+    assert sweeps <= keys, f"sweeps the notebooks compute that the grid lacks: {sorted(sweeps - keys)}"
+
+
+# --------------------------------------------------------------------------------------------------
+# --dry-run, --status, bad input (no training)
+# --------------------------------------------------------------------------------------------------
+
+def test_dry_run_lists_tasks_and_status_shows_a_failure_with_its_log(tmp_path, capsys):
+    configs = write_profile(tmp_path / "configs", "tiny", TINY)
+    results = tmp_path / "runs"
+    assert cli.main(grid_args(configs, results, "tiny", "--dry-run")) == 0
+    out = capsys.readouterr().out
+    tasks = grid.expand("tiny", configs)
+    assert len(tasks) == 6 and [t.wave for t in tasks].count(1) == 2
+    for t in tasks:
+        assert re.search(rf"^missing\s+wave {t.wave}\s+{re.escape(t.describe())}\s+\[{t.key}\]$", out, re.M), out
+    assert "would compute 6 task(s)" in out and "done 0 running 0 failed 0 missing 6 (of 6 tasks)" in out
+    assert not results.exists() or not any(p.name != ".grid" for p in results.iterdir()), "a dry run wrote results"
+
+    failed = next(t for t in tasks if t.config.method == "etheta")
+    log = tmp_path / "worker.log"
+    grid._record_failure(failed, results, "RuntimeError: boom", log=str(log))
+    assert cli.main(grid_args(configs, results, "tiny", "--status")) == 0
+    out = capsys.readouterr().out
+    assert "done 0 running 0 failed 1 missing 5 (of 6 tasks)" in out
+    assert f"failed: {failed.describe()} [{failed.key}]" in out
+    assert f"log: {log}" in out and "error: RuntimeError: boom" in out
+
+
+@pytest.mark.parametrize("extra, code, words", [
+    (["--executor", "pbs"], 2, "invalid choice: 'pbs'"),
+    (["--workers", "0"], 2, "--workers must be >= 1"),
+    (["--partition", "gpu"], 2, "--partition applies to --executor slurm"),
+    (["--executor", "slurm", "--workers", "2"], 2, "--workers applies to --executor local"),
+    (["--executor", "slurm", "--time", "soon"], 2, "is not a Slurm time"),
+    (["--executor", "slurm", "--mem", "lots"], 2, "--mem 'lots'"),
+    (["--executor", "slurm", "--slurm-extra", "=1"], 2, "expected KEY=VALUE"),
+])
+def test_bad_grid_arguments_end_in_one_line(tmp_path, capsys, extra, code, words):
+    configs = write_profile(tmp_path / "configs", "tiny", TINY)
+    assert exit_code(grid_args(configs, tmp_path / "runs", "tiny", *extra)) == code
+    err = capsys.readouterr().err
+    assert words in err, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+    assert not (tmp_path / "runs").exists()
+
+
+def exit_code(argv: list[str]) -> int:
+    """cli.main's exit status, also where argparse exits (SystemExit) before main returns."""
+    try:
+        return cli.main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+def test_unknown_profile_names_the_available_ones(tmp_path, capsys):
+    configs = write_profile(tmp_path / "configs", "tiny", TINY)
+    assert cli.main(grid_args(configs, tmp_path / "runs", "tiy")) == 2
+    err = capsys.readouterr().err
+    assert "unknown profile 'tiy'" in err and "tiny" in err and len(err.strip().splitlines()) == 1
+
+
+def test_slurm_executor_without_sbatch_says_what_to_install(tmp_path, capsys, monkeypatch):
+    configs = write_profile(tmp_path / "configs", "tiny", TINY)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    assert cli.main(grid_args(configs, tmp_path / "runs", "tiny", "--executor", "slurm")) == 1
+    err = capsys.readouterr().err
+    assert "sbatch" in err and "install slurm-client" in err and "--executor local" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_time_limits_in_slurm_syntax():
+    assert [grid._minutes(v) for v in ("90", "1:30", "2:00:00", "1-0", "1-02:30", "0:0:30")] == \
+        [90, 2, 120, 1440, 1590, 1]
+
+
+# --------------------------------------------------------------------------------------------------
+# Local workers on a tiny profile
+# --------------------------------------------------------------------------------------------------
+
+def _worker_logs(results: Path) -> str:
+    return "".join(p.read_text() for p in sorted((results / ".grid" / "logs" / "local").glob("*_log.out")))
+
+
+def _outputs(tasks, results: Path) -> dict[str, float]:
+    """The file that marks each task done, and its modification time."""
+    out = {}
+    for t in tasks:
+        if t.kind == "run":
+            path = run_dir(t.config, results) / "metrics.json"
+        else:
+            path = ex._sweep_path(base_config(t.config), t.criterion, t.levels, t.finetune_epochs, results)
+        out[t.key] = path.stat().st_mtime_ns if path.exists() else None
+    return out
+
+
+@pytest.mark.slow
+def test_local_grid_two_workers_failure_reported_and_rerun_computes_only_it(tmp_path, capsys, monkeypatch):
+    configs = write_profile(tmp_path / "configs", "tiny", TINY)
+    results = tmp_path / "runs"
+    tasks = grid.expand("tiny", configs)
+    broken = next(t for t in tasks if t.config.method == "etheta")
+    checkpoint = run_dir(broken.config, results) / "checkpoint.pt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"not a checkpoint")  # this run cannot resume: it fails, the others go on
+
+    assert cli.main(grid_args(configs, results, "tiny", "--workers", "2")) == 1
+    out = capsys.readouterr().out
+    assert "2 local worker(s) started" in out and "computed 5 task(s)" in out
+    assert "done 5 running 0 failed 1 missing 0 (of 6 tasks)" in out
+    logs = _worker_logs(results)
+    for t in tasks:  # each task started by exactly one of the two workers
+        assert logs.count(f"[grid] start {t.describe()}\n") == 1, t.describe()
+    assert len(list((results / ".grid" / "logs" / "local").glob("*_log.out"))) == 2
+    info = grid.failure(broken, results)
+    assert info is not None and "cannot be resumed" in info["error"]
+    assert Path(info["log"]).is_file() and "cannot be resumed" in Path(info["log"]).read_text()
+    assert f"log: {info['log']}" in out and f"error: {info['error']}" in out
+
+    before = _outputs(tasks, results)
+    assert all(v is not None for k, v in before.items() if k != broken.key) and before[broken.key] is None
+    checkpoint.unlink()  # the fix the error names
+    assert cli.main(grid_args(configs, results, "tiny", "--workers", "2")) == 0
+    out = capsys.readouterr().out
+    assert "computed 1 task(s)" in out and "done 6 running 0 failed 0 missing 0" in out
+    after = _outputs(tasks, results)
+    assert {k: v for k, v in after.items() if k != broken.key} == {k: v for k, v in before.items() if k != broken.key}
+    assert grid.failure(broken, results) is None
+
+    # After the grid, the notebooks' study calls train nothing.
+    def no_training(*_, **__):
+        raise AssertionError("trained after the grid")
+
+    monkeypatch.setattr(ex, "_run_locked", no_training)
+    monkeypatch.setattr(ex, "_sweep", no_training)
+    q = notebook_parameters("03_continuous_pruning", "tiny", configs)
+    df = study.continuous(q["table1_settings"], q["methods"], q["seeds"], profile="tiny", results_dir=results,
+                          log=lambda _: None)
+    assert len(df) == 3
+    q = notebook_parameters("04_post_training", "tiny", configs)
+    curves, _ = study.posttrain(q["settings"], q["seeds"], q["criteria"], q["levels"], profile="tiny",
+                                results_dir=results, log=lambda _: None)
+    assert len(curves) > 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_local_workers_and_a_rerun_resumes(tmp_path):
+    configs = write_profile(tmp_path / "configs", "one", """profile: one
+notebooks:
+  02_figure1_units:
+    setting: {dataset: digits, network: mlp, epochs: 8, finetune_epochs: 0, batch_size: 8}
+    method: none
+    run_seed: 1000
+""")
+    results = tmp_path / "runs"
+    (task,) = grid.expand("one", configs)
+    cmd = [sys.executable, "-m", "bmrs", *grid_args(configs, results, "one", "--workers", "1")]
+    env = {**os.environ, "BMRS_QUIET": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as a terminal's Ctrl-C sees it
+    try:
+        deadline = time.time() + 120
+        while not (results.exists() and "epoch 2:" in _worker_logs(results)):
+            assert time.time() < deadline and proc.poll() is None, "the worker never reached epoch 2"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the grid command and its workers
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130 and "interrupted" in err and "rerun to resume" in err, (out, err)
+    deadline = time.time() + 30
+    while grid._locked_elsewhere(task, results):  # the worker is gone: nothing holds the task
+        assert time.time() < deadline, "a worker kept running after Ctrl-C"
+        time.sleep(0.2)
+    assert not task.done(results) and (run_dir(task.config, results) / "checkpoint.pt").exists()
+
+    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    logs = _worker_logs(results)
+    resumed = re.findall(r"resumed from \S+ after epoch (\d+)", logs)
+    assert resumed and int(resumed[0]) >= 2, logs
+    metrics = ex.read_json(run_dir(task.config, results) / "metrics.json")
+    assert [r["epoch"] for r in metrics["history"]] == list(range(1, 9))
+    assert logs.count("epoch 1:") == 1, "the rerun restarted the run instead of resuming it"

@@ -1,0 +1,201 @@
+"""``python -m bmrs grid --executor slurm`` against a real single-node Slurm (scripts/slurm_local.sh: munge,
+MariaDB + slurmdbd for the accounting submitit needs, slurmctld, slurmd, all under a temporary directory).
+
+One grid of a tiny profile plus one longer run, submitted with a one-minute time limit (a partition the
+cluster lacks is refused first, nothing submitted): the waiting command is interrupted (Ctrl-C) and the jobs
+keep running, as --status shows; one task is forced to fail (its run has a checkpoint that cannot be
+resumed) and is reported with its Slurm log while the others go on; after the fix a resubmission gives only
+that task a new job; the longer run reaches its time limit, is requeued by submitit's Checkpointable and
+resumes from its last completed epoch (not from the start).
+
+Needs root and Debian's packages (.ci/run installs them with apt); skipped, with the reason, otherwise."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bmrs.run import experiments as ex
+from bmrs.run import grid
+from bmrs.run.config import RunConfig
+from bmrs.run.store import run_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "slurm_local.sh"
+PACKAGES = "slurmctld slurmd slurm-client munge slurmdbd mariadb-server"
+TOOLS = ("munged", "mungekey", "mariadbd", "mariadb-install-db", "slurmdbd", "slurmctld", "slurmd", "sbatch", "srun",
+         "squeue", "sacct", "sacctmgr", "scontrol")
+
+#: the long run trains about this long in total, so a job with a one-minute limit (signalled 20-55 s
+#: after it starts) cannot finish it in one go
+LONG_RUN_S = 50.0
+LONG_SETTING = {"dataset": "digits", "network": "mlp", "finetune_epochs": 0, "batch_size": 8}
+
+
+def _unavailable() -> str | None:
+    if not sys.platform.startswith("linux"):
+        return "a local Slurm needs Linux"
+    if os.geteuid() != 0:
+        return ("not root: scripts/slurm_local.sh starts munged, MariaDB and the Slurm daemons as root "
+                "(CI runs this test as root through .ci/run)")
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        if shutil.which("apt-get") is None:
+            return f"Slurm is not installed ({', '.join(missing)} missing) and apt-get is not available to install it"
+        return (f"Slurm's packages are not installed ({', '.join(missing)} missing): apt-get install -y "
+                f"--no-install-recommends {PACKAGES} (.ci/run does this as root)")
+    return None
+
+
+def test_the_slurm_test_says_why_it_is_skipped(monkeypatch):
+    """Never a silent skip: not root, or no packages and no apt, or no packages (with the install command)."""
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert "not root" in _unavailable()
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert "apt-get is not available" in _unavailable()
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/apt-get" if name == "apt-get" else None)
+    assert f"apt-get install -y --no-install-recommends {PACKAGES}" in _unavailable()
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A running one-node Slurm; its daemons are stopped (by PID) whatever the tests do."""
+    reason = _unavailable()
+    if reason:
+        pytest.skip(reason)
+    base = tmp_path_factory.mktemp("slurm")
+    t0 = time.perf_counter()
+    try:
+        start = subprocess.run([str(SCRIPT), "start", str(base)], capture_output=True, text=True, timeout=240)
+        assert start.returncode == 0, f"scripts/slurm_local.sh start failed:\n{start.stderr}"
+        match = re.fullmatch(r"export SLURM_CONF=(\S+)", start.stdout.strip())
+        assert match, f"start printed {start.stdout!r}"
+        yield {"base": base, "conf": match.group(1), "env": {**os.environ, "SLURM_CONF": match.group(1)},
+               "start_s": time.perf_counter() - t0}
+    finally:
+        stop = subprocess.run([str(SCRIPT), "stop", str(base)], capture_output=True, text=True, timeout=240)
+        status = subprocess.run([str(SCRIPT), "status", str(base)], capture_output=True, text=True, timeout=60)
+        assert stop.returncode == 0, stop.stderr
+        assert "running (" not in status.stderr, f"a daemon survived the stop:\n{status.stderr}"
+
+
+def _long_epochs(tmp_path: Path) -> int:
+    """Epochs of the long run: LONG_RUN_S over one epoch's time, measured here on this machine."""
+    cfg = RunConfig(method="none", seed=1000, profile="calibration", epochs=2, **LONG_SETTING)
+    metrics = ex.run(cfg, results_dir=tmp_path / "calibration", log=lambda _: None)
+    seconds = metrics["history"][-1]["seconds"]
+    return max(10, min(400, math.ceil(LONG_RUN_S / seconds)))
+
+
+def _profile(configs: Path, epochs: int) -> None:
+    long = ", ".join(f"{k}: {v}" for k, v in {**LONG_SETTING, "epochs": epochs}.items())
+    tiny = ("{dataset: digits, network: mlp, epochs: 1, finetune_epochs: 1, limit_train: 300, limit_test: 200, "
+            "batch_size: 32}")
+    configs.mkdir(parents=True)
+    (configs / "slurmgrid.yaml").write_text(f"""profile: slurmgrid
+notebooks:
+  02_figure1_units:
+    setting: {{{long}}}
+    method: none
+    run_seed: 1000
+  03_continuous_pruning:
+    table1_settings: [&mlp {tiny}]
+    methods: [none, etheta, l2]
+    seeds: [1000]
+  04_post_training:
+    settings: [*mlp]
+    seeds: [1000]
+    criteria: [l2]
+    levels: [0, 50]
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_slurm_grid_failure_interrupt_resubmission_and_requeue(slurm, tmp_path):
+    t0 = time.perf_counter()
+    configs, results = tmp_path / "configs", tmp_path / "runs"
+    epochs = _long_epochs(tmp_path)
+    _profile(configs, epochs)
+    tasks = grid.expand("slurmgrid", configs)
+    assert len(tasks) == 7
+    long = next(t for t in tasks if t.config.epochs == epochs)
+    broken = next(t for t in tasks if t.config.method == "etheta")
+    checkpoint = run_dir(broken.config, results) / "checkpoint.pt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"not a checkpoint")  # this run fails at once; the fix: delete the file
+
+    env = {**slurm["env"], "BMRS_QUIET": "1", "PYTHONUNBUFFERED": "1"}
+    base = [sys.executable, "-m", "bmrs", "grid", "--profile", "slurmgrid", "--configs-dir", str(configs),
+            "--results-dir", str(results), "--executor", "slurm"]
+    submit = [*base, "--time", "1", "--signal-delay", "5", "--wait"]
+
+    def run(cmd, timeout=600):
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+    # 1. A partition the cluster lacks: Slurm's error, once, and nothing submitted.
+    bad = run([*base, "--partition", "nosuch"])
+    assert bad.returncode == 2 and bad.stderr.count("invalid partition") == 1, bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (results / ".grid" / "jobs").exists()
+
+    # 2. Submit and wait; Ctrl-C the waiting command: the jobs keep running.
+    proc = subprocess.Popen(submit, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("submitted "):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    head = "".join(lines)
+    assert proc.returncode == 130 and "keep running" in err, head + out + err
+    assert "submitted 7 task(s)" in head and head.count("after job(s)") == 2, head  # wave 1 after its inputs
+    st = run([*base, "--status"], timeout=120)
+    m = re.search(r"done (\d+) running (\d+) failed (\d+) missing (\d+)", st.stdout)
+    assert m and int(m.group(2)) >= 1 and int(m.group(4)) == 0 and "(Slurm job " in st.stdout, st.stdout
+
+    # 3. The forced failure is reported with its Slurm log while the other jobs go on.
+    deadline = time.time() + 300
+    while grid.failure(broken, results) is None:
+        assert time.time() < deadline, "the broken task's job never reported its failure"
+        time.sleep(2)
+    st = run([*base, "--status"], timeout=120)
+    info = grid.failure(broken, results)
+    assert "cannot be resumed" in info["error"] and info["job_id"]
+    assert f"failed: {broken.describe()} [{broken.key}]" in st.stdout, st.stdout
+    assert f"log: {info['log']}" in st.stdout and f"error: {info['error']}" in st.stdout
+    assert Path(info["log"]).is_file() and "cannot be resumed" in Path(info["stderr"]).read_text()
+    dry = run([*base, "--dry-run"], timeout=120)
+    assert "would submit 1 task(s)" in dry.stdout, dry.stdout  # only the failed one: the rest are done or queued
+
+    # 4. Fixed and resubmitted: only the failed task gets a new job; the command waits for every job.
+    checkpoint.unlink()
+    again = run(submit)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "submitted 1 task(s)" in again.stdout and "done 7 running 0 failed 0 missing 0" in again.stdout, again.stdout
+    assert grid.failure(broken, results) is None
+    logs = sorted((results / ".grid" / "logs" / "slurm").glob("*_log.out"))
+    jobs_of = {t.key: [p for p in logs if f"(task {t.key})" in p.read_text()] for t in tasks}
+    assert {k: len(v) for k, v in jobs_of.items()} == {t.key: 2 if t is broken else 1 for t in tasks}, jobs_of
+
+    # 5. The long run hit its time limit, was requeued and resumed from its last completed epoch.
+    (log,) = jobs_of[long.key]
+    text = log.read_text() + log.with_suffix(".err").read_text()
+    assert "Requeued job" in text, text
+    resumed = [int(k) for k in re.findall(r"resumed from \S+ after epoch (\d+)", text)]
+    assert resumed and max(resumed) >= 1, text
+    assert log.read_text().count("epoch 1:") == 1, "a requeued job restarted the run instead of resuming it"
+    history = ex.read_json(run_dir(long.config, results) / "metrics.json")["history"]
+    assert [r["epoch"] for r in history] == list(range(1, epochs + 1))
+    print(f"\nSlurm start {slurm['start_s']:.1f} s; grid test {time.perf_counter() - t0:.1f} s "
+          f"(long run: {epochs} epochs, {len(resumed)} requeue(s))")
