@@ -2,7 +2,8 @@
 
 Three independent references are used by test_distributions.py, test_reduction.py and test_noise.py:
 
-* ``mp_reference`` (150-digit mpmath evaluation of the textbook formulas of the spec);
+* ``mp_reference`` (150-digit mpmath evaluation of the textbook formulas: the paper's Eq. 8 and 10, the
+  truncated log-normal's KL, E[θ], E[θ²] and SNR);
 * :class:`TruncNormQuad` below: scipy.integrate.quad of the defining integrals of the truncated normal
   in log space x = log θ, written in the standardised variable so that narrow or far-away posteriors
   are still resolved (see its docstring);
@@ -25,7 +26,8 @@ from scipy.integrate import IntegrationWarning, quad
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # ------------------------------------------------------------------------------------------------
-# Parameter grids (brief item 1 and 5)
+# Parameter grids: mu far below a = -20 to far above b = 0; log sigma over the released code's clamp
+# range [-20, 5] (`modules/layers.py`: `logsigmin`, `logsigmax`)
 # ------------------------------------------------------------------------------------------------
 
 GRID_MU = (-1000.0, -100.0, -40.0, -25.0, -20.0, -19.9, -15.0, -10.0, -5.0, -1.0, 0.0, 0.1, 3.0, 25.0,
@@ -41,7 +43,7 @@ def grid_points(mus=GRID_MU, log_sigmas=GRID_LOG_SIGMA) -> tuple[np.ndarray, np.
 
 @pytest.fixture(scope="session")
 def grid() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mu, log_sigma, sigma) over the 16 x 9 grid of the brief (a = -20, b = 0)."""
+    """(mu, log_sigma, sigma) over the 16 x 9 grid above (a = -20, b = 0)."""
     mu, log_sigma = grid_points()
     return mu, log_sigma, np.exp(log_sigma)
 

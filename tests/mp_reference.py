@@ -1,8 +1,9 @@
 """Independent reference values for the closed forms, in 150-digit arithmetic (mpmath).
 
-These evaluate the *textbook* formulas of the spec directly (the ones with catastrophic cancellation
-in float64); at 150 significant digits the cancellation is harmless for the parameter grid of the
-tests, so they are an independent check of the library's rearranged, float64 forms. The moderate part
+These evaluate the *textbook* formulas directly (the paper's Eq. 8 and 10; the truncated log-normal's
+KL, E[θ], E[θ²] and SNR, Neklyudov et al. 2017), i.e. the forms with catastrophic cancellation in
+float64; at 150 significant digits the cancellation is harmless for the parameter grid of the tests,
+so they are an independent check of the library's rearranged, float64 forms. The moderate part
 of the grid is also checked against scipy numerical integration in test_distributions.py.
 """
 

@@ -82,7 +82,8 @@ def test_step_times_rejects_bad_arguments():
 
 
 def test_network_builder_matches_the_runs():
-    # sizes of spec 4.2: trainable parameters including μ and log σ
+    # sizes of the released code's networks (`modules/classifiers.py`; paper Appendix C): trainable parameters
+    # including μ and log σ
     for network, dataset, params in (("mlp", "mnist", 175_810), ("mlp", "fashion_mnist", 178_510),
                                      ("mlp", "cifar10", 577_510), ("lenet5", "mnist", 62_158),
                                      ("lenet5", "cifar10", 550_234)):

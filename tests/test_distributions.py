@@ -1,10 +1,12 @@
 """Tests of bmrs.core.distributions (and the special-function helpers beneath it).
 
-Closed forms (spec 2.3, 2.5) are checked against two independent references on the grid of the brief:
-scipy quadrature of the defining integrals (conftest.TruncNormQuad) and 150-digit mpmath evaluation
-of the textbook formulas (mp_reference). The KL gradient (compiled kernel and torch autograd path) is
-checked against mpmath numerical derivatives, the sampler (spec 2.2) against exact quantiles and
-Monte-Carlo, and every public function for finiteness on a dense grid and for input validation.
+Closed forms (the KL term of the paper's Eq. 2–3; E[θ], E[θ²] and the SNR of the truncated log-normal,
+Neklyudov et al. 2017; notebook 01, section 5) are checked against two independent references on the
+grid of conftest.py: scipy quadrature of the defining integrals (conftest.TruncNormQuad) and 150-digit
+mpmath evaluation of the textbook formulas (mp_reference). The KL gradient (compiled kernel and torch
+autograd path) is checked against mpmath numerical derivatives, the inverse-CDF sampler (released code
+`modules/layers.py` with `modules/util.py`'s `Phi_inv`) against exact quantiles and Monte-Carlo, and
+every public function for finiteness on a dense grid and for input validation.
 """
 
 from __future__ import annotations
@@ -125,8 +127,8 @@ def test_reference_grid_covers_extreme_regimes():
 
 
 def test_spec_closed_forms_are_the_textbook_ones():
-    """Spot values from the spec's formulas in plain float64 (moderate parameters), written out
-    independently of mp_reference: E[θ], E[θ²] via Φ (spec 2.5) and KL (spec 2.3). The plain Φ
+    """Spot values from the textbook formulas in plain float64 (moderate parameters), written out
+    independently of mp_reference: E[θ], E[θ²] via Φ (Neklyudov et al. 2017) and KL (paper Eq. 2–3). The plain Φ
     differences themselves carry ~1e-10 relative rounding error, hence the tolerance."""
     from scipy.special import ndtr
 
@@ -393,10 +395,10 @@ def test_moment_gradients_match_mpmath(name, region):
 
 
 # --------------------------------------------------------------------------------------------------
-# 7. Sampling (spec 2.2)
+# 7. Sampling (inverse CDF as in the released code's `modules/layers.py`, eps = 1e-5)
 # --------------------------------------------------------------------------------------------------
 
-# (mu, sigma): bulk, both near-boundary cases of the brief, a wide posterior, a narrow one, and one
+# (mu, sigma): bulk, near-boundary cases at b = 0 and at a = -20, a wide posterior, a narrow one, and one
 # with alpha > 0 (mode below a: the sampler's reflected orientation).
 MC_CASES = [(-5.0, 1.0), (0.0, 1.0), (0.0, 0.3), (-19.5, 0.5), (-19.5, 2.0), (-10.0, math.exp(5.0)),
             (-7.0, math.exp(-5.0)), (-21.0, 1.0)]
@@ -485,9 +487,9 @@ def test_pathwise_gradient_matches_gradient_of_expected_theta(mu, sigma):
 
 
 def test_sampler_pins_posteriors_beyond_the_eps_quantile_to_the_nearest_bound():
-    """Spec 2.2: gamma is clamped to [eps, 1 - eps] and x to [a, b]. A posterior whose whole mass
-    in [a, b] lies beyond the eps quantile (e.g. mu = -25, sigma = 1; mu = 5, sigma = 1) therefore
-    yields theta = e^a resp. e^b exactly, with zero gradient."""
+    """As in the released code's sampler: gamma is clamped to [eps, 1 - eps] and x to [a, b]. A
+    posterior whose whole mass in [a, b] lies beyond the eps quantile (e.g. mu = -25, sigma = 1;
+    mu = 5, sigma = 1) therefore yields theta = e^a resp. e^b exactly, with zero gradient."""
     mu = torch.tensor([-25.0, 5.0], dtype=torch.float64, requires_grad=True)
     sigma = torch.tensor([1.0, 1.0], dtype=torch.float64, requires_grad=True)
     theta = D.sample_theta(mu, sigma, sample_shape=(100,), generator=torch.Generator().manual_seed(0))
