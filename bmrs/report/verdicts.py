@@ -97,6 +97,10 @@ def _per_seed(summary: pd.DataFrame, net: str, ds: str, method: str, column: str
     return {int(s): float(v) for s, v in zip(g["seed"], pd.to_numeric(g[column], errors="coerce")) if pd.notna(v)}
 
 
+def _percentages(values: dict[int, float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values.values()) + " %" if values else tables.NOT_RUN
+
+
 def _claim(rows: list, claim: str, setting: str, expected: bool | None, per_seed: dict[int, bool | None],
            paper_text: str, detail: str = "") -> None:
     votes = {s: v for s, v in per_seed.items() if v is not None}
@@ -141,13 +145,13 @@ def claim_verdicts(summary: pd.DataFrame, posttrain: pd.DataFrame | None = None,
             accs = _per_seed(summary, net, ds, method, "test_acc")
             _claim(rows, claim, setting, expected, {s: collapsed(a, s) for s, a in accs.items()},
                    f"{'yes' if expected else 'no'} ({pa[0]:.2f} ± {pa[1]:.2f} %)" if pa else "yes (general claim)",
-                   ", ".join(f"{a:.2f}" for a in accs.values()) + " %")
+                   _percentages(accs))
 
         # E[θ]'s spread: on LeNet5 the paper's E[θ] collapses in some seeds only (std 33-41 points), not on the MLP
         pa = p("etheta", "test_accuracy_pct")
         accs = _per_seed(summary, net, ds, "etheta", "test_acc")
         per = {s: collapsed(a, s) for s, a in accs.items()}
-        ours_text = ", ".join(f"{a:.2f}" for a in accs.values()) + " %"
+        ours_text = _percentages(accs)
         if pa and pa[1] > 10.0:
             n_col = sum(per.values())
             rows.append({"claim": "E[θ] (threshold 0.1) collapses in some seeds only (its large spread)",
