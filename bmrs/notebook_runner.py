@@ -49,7 +49,8 @@ from typing import Any, Sequence
 import yaml
 
 from bmrs.util import atomic
-from bmrs.run.profile import Profile, UsageError, available_profiles, load_profile  # noqa: F401 (re-exported)
+from bmrs.run.profile import (Profile, UsageError, available_profiles, describe_yaml_error, load_profile,  # noqa: F401 (re-exported)
+                              load_yaml)
 
 #: The repository root: the directory that holds the ``bmrs`` package (editable install).
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -117,9 +118,9 @@ def parse_param(text: str) -> tuple[str, Any]:
     if not sep or not key.isidentifier():
         raise UsageError(f"--param expects KEY=VALUE with KEY a parameter name; got {text!r}")
     try:
-        return key, yaml.safe_load(value) if value.strip() else ""
+        return key, load_yaml(value) if value.strip() else ""
     except yaml.YAMLError as exc:
-        raise UsageError(f"--param {key}: cannot parse value {value!r} ({exc})") from exc
+        raise UsageError(f"--param {key}: cannot parse value {value!r} ({describe_yaml_error(exc)})") from exc
 
 
 _TYPES: dict[str, tuple[type, ...]] = {

@@ -1,4 +1,4 @@
-"""Tests of bmrs.nn.noise: the multiplicative noise layer (spec 2.1-2.4) and the model KL term.
+"""Tests of bmrs.nn.noise: the multiplicative noise layer (paper Eq. 1 and 7; released code modules/layers.py, LogUniform*PruningLayer) and the model KL term.
 
 The fused training-mode sampler (noise._SampleNoise, closed-form backward) is compared with the
 plain-autograd reference bmrs.core.distributions.sample_theta fed the very same uniforms, in values and in
@@ -238,7 +238,7 @@ def test_eval_multiplies_by_expected_theta_times_mask(shape, dim):
 
 
 def test_initial_layer_is_near_identity():
-    """Spec 2.1: mu = 0, log_sigma = -5 at init, so E[θ] ≈ 0.995."""
+    """As in the released code (modules/layers.py): mu = 0, log_sigma = -5 at init, so E[θ] ≈ 0.995."""
     layer = N.MultiplicativeNoise(3)
     assert torch.equal(layer.mu, torch.zeros(3)) and torch.equal(layer.log_sigma, torch.full((3,), -5.0))
     assert torch.equal(layer.mask, torch.ones(3))
@@ -391,7 +391,7 @@ def test_model_kl_mean_and_sum():
     per_layer = [D.kl_log_uniform(l.mu.detach(), l.sigma.detach(), a=l.a, b=l.b) for l in layers]
     mean = N.model_kl(net, "mean")
     assert mean.item() == pytest.approx(float(np.mean([k.mean().item() for k in per_layer])), rel=1e-6, abs=0)
-    assert N.model_kl(net).item() == mean.item()  # "mean" is the default (spec 2.4)
+    assert N.model_kl(net).item() == mean.item()  # "mean" is the default (released code train.py: --kl_averaging mean)
     total = N.model_kl(net, "sum")
     assert total.item() == pytest.approx(float(sum(k.sum().item() for k in per_layer)), rel=1e-6, abs=0)
     # the mean is over layers of per-layer means, not over all units

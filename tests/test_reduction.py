@@ -1,8 +1,8 @@
-"""Tests of bmrs.core.reduction: ΔF for BMRS_N (spec 2.7) and BMRS_U (spec 2.8).
+"""Tests of bmrs.core.reduction: ΔF for BMRS_N (paper Eq. 8, Appendix A.1) and BMRS_U (paper Eq. 10, Appendix A.2).
 
 ΔF = log ∫ q(x) p̃(x)/p(x) dx is checked against scipy quadrature of that integral (conftest.
 TruncNormQuad) and against the paper's Eq. 8 / Eq. 10 evaluated verbatim at 150 digits
-(mp_reference), on the grid of the brief; plus the spec's check table, the 2π offset of the released
+(mp_reference), on the grid of conftest.py; plus three check values computed independently by quadrature (notebook 01, section 3.1), the 2π offset of the released
 code, the Savage–Dickey limit, the p1 threshold table and the BMRS_U pruning rule.
 """
 
@@ -83,7 +83,7 @@ def test_delta_f_n_matches_quadrature(case):
 @pytest.mark.parametrize("case", N_CASES_MODERATE + N_CASES_DIRAC, ids=_case_id)
 def test_delta_f_n_matches_eq8_at_150_digits(case):
     """Paper Eq. 8 verbatim (naive form) at 150 digits vs the library's cancellation-free form, on the
-    whole grid; with prior_sigma = 1e-6 this is the paper's setting (brief item 2)."""
+    whole grid; with prior_sigma = 1e-6 this is the paper's setting (σ̃_p = 1e-6: released code modules/layers.py, pruning_eps)."""
     a, b, prior_mu, prior_sigma = case
     mu, log_sigma, _, _ = _grid_tensors()
     lib = _delta_f_n_lib(a, b, prior_mu, prior_sigma)
@@ -102,7 +102,7 @@ def _prior_outside_cases():
 def test_delta_f_n_prior_mode_outside_support_matches_eq8(prior_mu, prior_sigma):
     """A reduced prior whose (untruncated) mode lies outside [a, b] is still a valid truncated normal
     on [a, b] (prior_mu is only required to be finite); for small prior_sigma it concentrates at the
-    nearest bound and ΔF_N tends to the Savage–Dickey value there (spec 2.7)."""
+    nearest bound and ΔF_N tends to the Savage–Dickey value there (notebook 01, sections 3.4-3.5)."""
     mu, log_sigma, _, _ = _grid_tensors()
     lib = _delta_f_n_lib(-20.0, 0.0, prior_mu, prior_sigma)
     ref = [R.delta_f_n(m, mp.exp(l), -20.0, 0.0, prior_mu=prior_mu, prior_sigma=prior_sigma)
@@ -112,7 +112,7 @@ def test_delta_f_n_prior_mode_outside_support_matches_eq8(prior_mu, prior_sigma)
 
 
 def test_delta_f_n_default_prior_is_the_papers():
-    """prior_mu=None means the lower bound a and prior_sigma defaults to 1e-6 (spec 2.7, 2.10)."""
+    """prior_mu=None means the lower bound a and prior_sigma defaults to 1e-6 (paper Eq. 8 with μ̃_p = log a; released code modules/layers.py)."""
     _, _, mu, sigma = _grid_tensors()
     default = Rd.delta_f_bmrs_n(mu, sigma, a=-12.0, b=1.0)
     explicit = Rd.delta_f_bmrs_n(mu, sigma, a=-12.0, b=1.0, prior_mu=-12.0, prior_sigma=1e-6)
@@ -126,7 +126,7 @@ def test_delta_f_n_default_prior_is_the_papers():
      (-10.0, 5.0, -19.0, 0.3, -1.10192, -0.18298)],
 )
 def test_spec_check_table(mu, sigma, prior_mu, prior_sigma, numeric, code):
-    """Spec 2.7 table: numeric integration = paper Eq. 8 = library (include_2pi=True); the released
+    """Three points computed independently by quadrature (notebook 01, section 3.1): numeric integration = paper Eq. 8 = library (include_2pi=True); the released
     code's variant (include_2pi=False) is the 'code' column (= paper + ½ log 2π ≈ +0.919)."""
     args = (torch.tensor([mu], dtype=torch.float64), torch.tensor([sigma], dtype=torch.float64))
     paper = Rd.delta_f_bmrs_n(*args, prior_mu=prior_mu, prior_sigma=prior_sigma).item()
@@ -155,7 +155,7 @@ def _naive_eq8(mu, sigma, a=-20.0, b=0.0, prior_mu=-20.0, prior_sigma=1e-6):
 
 
 def test_naive_float64_eq8_is_off_but_library_is_not():
-    """Spec 2.7: with prior_sigma = 1e-6 the naive float64 Eq. 8 carries a cancellation error of ~0.03
+    """Notebook 01, section 3.3: with prior_sigma = 1e-6 the naive float64 Eq. 8 carries a cancellation error of ~0.03
     at (mu, sigma) = (-10, 5): naive -1.5173, exact -1.4861."""
     exact = float(R.delta_f_n(-10, 5))
     naive = _naive_eq8(-10.0, 5.0)
@@ -178,7 +178,7 @@ def test_naive_float64_eq8_is_off_but_library_is_not():
 
 @pytest.mark.parametrize("prior_mu,prior_sigma", [(None, 1e-6), (-19.0, 0.3), (-20.0, 0.5)])
 def test_code_variant_adds_half_log_2pi_everywhere(dense_grid, prior_mu, prior_sigma):
-    """ΔF_code − ΔF_paper = ½ log 2π (spec 2.7) on the dense grid, to 1e-12 plus the float64
+    """ΔF_code − ΔF_paper = ½ log 2π (notebook 01, sections 3.4-3.5) on the dense grid, to 1e-12 plus the float64
     resolution of the values themselves (|ΔF| reaches 1e23 there, where one ulp is ~1e7)."""
     mu, log_sigma = dense_grid
     mu_t, sigma_t = torch.tensor(mu, dtype=torch.float64), torch.exp(torch.tensor(log_sigma, dtype=torch.float64))
@@ -197,7 +197,7 @@ _SD_SIGMAS = [0.5, 1.0, 2.0, 3.0, math.exp(2.0), math.exp(5.0)]
 
 
 def test_savage_dickey_limit():
-    """σ̃_p → 0 with μ̃_p = a: ΔF_N → log[(b − a) N(a | μ, σ²) / Z_q] (spec 2.7), the log ratio of the
+    """σ̃_p → 0 with μ̃_p = a: ΔF_N → log[(b − a) N(a | μ, σ²) / Z_q] (notebook 01, sections 3.4-3.5), the log ratio of the
     posterior's log-space density at a to the prior's 1/(b − a). At prior_sigma = 1e-9 the library is
     within 1e-6 of the limit and the distance shrinks ~linearly (1000x from 1e-6 to 1e-9)."""
     m, s = np.meshgrid(_SD_MUS, _SD_SIGMAS, indexing="ij")
@@ -279,7 +279,7 @@ def _truncnorm_mass(mu, sigma, lo, hi, a=-20.0, b=0.0):
 
 @pytest.mark.parametrize("p1", sorted(SPEC_THRESHOLDS))
 def test_delta_f_u_nonnegative_iff_mass_reaches_threshold(p1):
-    """Spec 2.8: ΔF_U >= 0 exactly when q(2^-23 <= θ <= 2^-p1) >= log(b'/a')/log(b/a), with the mass
+    """Paper Eq. 11/15 (notebook 01, section 4): ΔF_U >= 0 exactly when q(2^-23 <= θ <= 2^-p1) >= log(b'/a')/log(b/a), with the mass
     from scipy.stats.truncnorm, on random moderate parameters and at the decision boundary itself."""
     rng = np.random.default_rng(p1)
     mu = rng.uniform(-26.0, 6.0, 400)
@@ -332,7 +332,7 @@ def test_delta_f_finite_on_dense_grid(dense_grid, dtype):
         "U16": Rd.delta_f_bmrs_u(mu_t, sigma_t, p1=16),
     }
     for name, v in outs.items():
-        assert v.dtype == torch.float64, name  # ΔF is always float64 (spec 2.7/2.8)
+        assert v.dtype == torch.float64, name  # ΔF is always float64
         bad = ~torch.isfinite(v)
         assert not bool(bad.any()), (name, mu[bad.numpy()][:3], log_sigma[bad.numpy()][:3])
 

@@ -1,6 +1,7 @@
-"""Bayesian model reduction for the noise variables: ΔF for BMRS_N and BMRS_U (spec 2.6–2.8).
+"""Bayesian model reduction for the noise variables: ΔF for BMRS_N and BMRS_U (paper Eq. 5–15;
+derived in notebook 01, sections 2–4).
 
-For a reduced prior p̃, BMR gives the change in log evidence without refitting (spec 2.6, paper
+For a reduced prior p̃, BMR gives the change in log evidence without refitting (paper
 Eq. 5–6):
 
     ΔF = log ∫ q(θ) p̃(θ)/p(θ) dθ,     prune a structure iff ΔF ≥ 0.
@@ -28,13 +29,31 @@ from bmrs.core import special
 from bmrs.core.distributions import DEFAULT_A, DEFAULT_B, TensorLike, prepare
 
 
+#: The largest σ for which ΔF is evaluated. The float64 normalisers lose digits as σ grows (absolute error about
+#: 1e-17·σ against a 80-digit mpmath evaluation: 2e-7 at σ = 1e10, 2e-5 at 1e12, 1e-2 at 1e15; inf/NaN from 1e17 on).
+#: The noise layers clamp σ to e^5 ≈ 148 (bmrs.core.distributions.sigma_from_log_sigma), far below.
+SIGMA_MAX = 1e10
+
+
 def _run_kernel(kernel, mu64: Tensor, sigma64: Tensor, *args: float) -> Tensor:
-    """Evaluate a per-unit kernel of bmrs.core.kernels on flat float64 host arrays."""
+    """Evaluate a per-unit kernel of bmrs.core.kernels on flat float64 host arrays.
+
+    Raises ValueError for σ > :data:`SIGMA_MAX` and for a result that is NaN or +inf (possible only for inputs
+    far outside any trained posterior, e.g. |μ| ~ 1e300); −inf is a valid ΔF_U (no posterior mass in the reduced
+    support)."""
     shape, device = mu64.shape, mu64.device
     mu_np = np.ascontiguousarray(mu64.detach().reshape(-1).cpu().numpy())
     sigma_np = np.ascontiguousarray(sigma64.detach().reshape(-1).cpu().numpy())
+    if sigma_np.size and float(sigma_np.max()) > SIGMA_MAX:
+        raise ValueError(f"sigma must be at most {SIGMA_MAX:g} for ΔF to be accurate in float64; found sigma = "
+                         f"{float(sigma_np.max()):g} (the noise layers clamp sigma to e^5)")
     out = np.empty_like(mu_np)
     kernel(mu_np, sigma_np, *args, out)
+    bad = np.isnan(out) | (out == np.inf)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"ΔF cannot be evaluated in float64 at mu = {mu_np[i]:g}, sigma = {sigma_np[i]:g} (it came out "
+                         f"{out[i]}); such a posterior lies far outside the bounds [a, b] = [{args[0]}, {args[1]}]")
     return torch.from_numpy(out).reshape(shape).to(device)
 
 
@@ -48,9 +67,10 @@ def delta_f_bmrs_n(
     prior_sigma: float = 1e-6,
     include_2pi: bool = True,
 ) -> Tensor:
-    """ΔF for the reduced prior p̃ = LogN_[a,b](μ̃_p, σ̃_p²), a near-Dirac at log θ = μ̃_p (spec 2.7).
+    """ΔF for the reduced prior p̃ = LogN_[a,b](μ̃_p, σ̃_p²), a near-Dirac at log θ = μ̃_p.
 
-    Paper Eq. 8, in the cancellation-free form of spec 2.7 (σ_q = sigma, μ_q = mu):
+    Paper Eq. 8 (Appendix A.1), in the cancellation-free form derived in notebook 01, section 3
+    (σ_q = sigma, μ_q = mu):
 
         ΔF_N = log(b − a) + log Z̃_q − log Z_q − log Z̃_p
                − ½ log(2π (σ_q² + σ̃_p²)) − ½ (μ_q − μ̃_p)² / (σ_q² + σ̃_p²)
@@ -62,7 +82,8 @@ def delta_f_bmrs_n(
 
     prior_mu=None means μ̃_p = a (the paper's setting), prior_sigma is σ̃_p (paper: 1e-6).
     include_2pi=False reproduces the authors' released code, which drops the 2π and therefore
-    returns ΔF + ½ log 2π (≈ +0.919): a more aggressive pruning rule (spec 2.7, 2.12.1).
+    returns ΔF + ½ log 2π (≈ +0.919): a more aggressive pruning rule (the released code's
+    ``deltaF`` in modules/layers.py; notebook 01, section 3.4).
     """
     mu64, sigma64, _, a, b = prepare(mu, sigma, a, b)
     mu_p = a if prior_mu is None else float(prior_mu)
@@ -84,7 +105,7 @@ def delta_f_bmrs_n(
 
 def bmrs_u_threshold(p1: float, p2: float = 23, *, a: float = DEFAULT_A, b: float = DEFAULT_B) -> float:
     """The prior mass log(b'/a')/log(b/a) of [2^−p2, 2^−p1]: BMRS_U prunes when q's mass there is at
-    least this (spec 2.8 Eq. 11/15); e.g. 0.5199 for p1 = 8 and 0.6585 for p1 = 4 with p2 = 23."""
+    least this (paper Eq. 11, 15); e.g. 0.5199 for p1 = 8 and 0.6585 for p1 = 4 with p2 = 23."""
     lo, hi = _reduced_support(p1, p2, a, b)
     return (hi - lo) / (b - a)
 
@@ -115,7 +136,7 @@ def delta_f_bmrs_u(
     p1: float = 8,
     p2: float = 23,
 ) -> Tensor:
-    """ΔF for the reduced prior p̃ = LogU on [2^−p2, 2^−p1] ⊂ [e^a, e^b] (spec 2.8, paper Eq. 10):
+    """ΔF for the reduced prior p̃ = LogU on [2^−p2, 2^−p1] ⊂ [e^a, e^b] (paper Eq. 10, Appendix A.2):
 
         ΔF_U = log(b − a) − log(b' − a') + log q(a' ≤ log θ ≤ b'),   a' = −p2 ln 2, b' = −p1 ln 2,
 

@@ -1,12 +1,12 @@
-"""The multiplicative noise layer of BMRS (spec 2.1–2.4): h ↦ h · θ · mask, one θ per structure.
+"""The multiplicative noise layer of BMRS (paper Eq. 1, 7; Neklyudov et al. 2017): h ↦ h · θ · mask, one θ per structure.
 
 Each structure (neuron, conv channel, transformer feature) has a noise variable θ with variational
 posterior log θ ~ N(μ, σ²) truncated to [a, b] and log-uniform prior on [e^a, e^b].
 
 * Training mode draws an independent θ for **every element** of the activation (per example, per
-  spatial position or token), exactly as the released code does (spec 2.1), by the reparameterised
-  inverse-CDF sampler of spec 2.2.
-* Eval mode multiplies by the deterministic E_q[θ] · mask (spec 2.5), cached until μ, σ or the mask
+  spatial position or token), exactly as the released code does (modules/layers.py), by its reparameterised
+  inverse-CDF sampler (bmrs.core.distributions.sample_theta; notebook 01, section 1).
+* Eval mode multiplies by the deterministic E_q[θ] · mask, cached until μ, σ or the mask
   change.
 
 The training forward is a fused autograd function: the per-unit constants of the sampler are
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from typing import Iterator, Literal
 
 import numpy as np
@@ -137,7 +138,7 @@ class _SampleNoise(torch.autograd.Function):
 
 
 class MultiplicativeNoise(nn.Module):
-    """Per-structure multiplicative noise with a truncated log-normal posterior (spec 2.1).
+    """Per-structure multiplicative noise with a truncated log-normal posterior (paper Eq. 7).
 
     Args:
         num_units: number of structures (features, channels).
@@ -146,16 +147,19 @@ class MultiplicativeNoise(nn.Module):
         a, b: log-space truncation bounds (default −20, 0).
         mu_init, log_sigma_init: initial posterior parameters (0 and −5 as in the paper, so that
             E[θ] ≈ 0.995 and the layer starts as a near-identity).
-        eps: clamp of the sampler's uniform quantile (spec 2.2).
+        eps: clamp of the sampler's uniform quantile (1e-5 in the released code).
 
     Parameters mu and log_sigma are trained with the network; the buffer mask (1 keep, 0 prune)
-    is set by the pruning criteria. σ = exp(clamp(log σ, −20, 5)) (spec 2.10).
+    is set by the pruning criteria. σ = exp(clamp(log σ, −20, 5)) (the released code's clamp).
     """
 
     def __init__(self, num_units: int, *, dim: int = 1, a: float = dist.DEFAULT_A, b: float = dist.DEFAULT_B,
                  mu_init: float = 0.0, log_sigma_init: float = -5.0, eps: float = dist.SAMPLING_EPS) -> None:
         super().__init__()
-        if int(num_units) < 1:
+        for arg, value in (("num_units", num_units), ("dim", dim)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"MultiplicativeNoise: {arg} must be an integer; got {value!r} ({type(value).__name__})")
+        if num_units < 1:
             raise ValueError(f"num_units must be a positive integer; got {num_units}")
         self.a, self.b = dist.check_bounds(a, b)
         if not 0.0 < eps < 0.5:
@@ -182,6 +186,9 @@ class MultiplicativeNoise(nn.Module):
         return int(self.mask.sum().item())
 
     def _check_input(self, x: Tensor) -> int:
+        if not x.is_floating_point():
+            raise TypeError(f"{type(self).__name__} needs a floating-point input (an integer one would be multiplied by "
+                            f"θ and truncated); got {x.dtype}: convert it first, e.g. x.float()")
         if x.dim() < 1 or not -x.dim() <= self.dim < x.dim() or x.shape[self.dim] != self.num_units:
             raise ValueError(
                 f"{type(self).__name__}({self.num_units}, dim={self.dim}) got an input of shape {tuple(x.shape)}; "
@@ -190,7 +197,7 @@ class MultiplicativeNoise(nn.Module):
         return self.dim % x.dim()
 
     def expected_theta(self) -> Tensor:
-        """E_q[θ] per unit (float64, spec 2.5), cached until mu or log_sigma change.
+        """E_q[θ] per unit (float64), cached until mu or log_sigma change.
 
         On the CPU the cache is keyed on copies of the parameter values (a few thousand numbers at most),
         so every kind of update — optimiser steps, load_state_dict, in-place edits, writes through
@@ -222,7 +229,7 @@ class MultiplicativeNoise(nn.Module):
         return x * _unit_view(scale, x.dim(), dim)
 
     def kl(self) -> Tensor:
-        """KL[q(θ_i) ‖ p(θ_i)] per unit (spec 2.3), in the dtype of mu, differentiable."""
+        """KL[q(θ_i) ‖ p(θ_i)] per unit (the KL term of Eq. 2–3), in the dtype of mu, differentiable."""
         return dist.kl_per_unit(self.mu.double(), self.sigma.double(), self.a, self.b).to(self.mu.dtype)
 
 
@@ -245,11 +252,11 @@ KLReduction = Literal["mean", "sum"]
 
 
 def model_kl(model: nn.Module, reduction: KLReduction = "mean") -> Tensor:
-    """The KL term of the training loss (spec 2.4).
+    """The KL term of the training loss (Eq. 2–3, as the released train.py weights it).
 
     "mean" (the paper's setting): mean KL over the units of each noise layer, then the mean of those
     per-layer means over layers. "sum": the sum over all noise variables. Neither is divided by the
-    dataset size (spec 2.4). A model without noise layers contributes 0.
+    dataset size (the released code's ``--kl_averaging``). A model without noise layers contributes 0.
     All layers' units are evaluated in one batched float64 call.
     """
     if reduction not in ("mean", "sum"):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import sys
 import types
@@ -25,7 +26,7 @@ from typing import Any
 from bmrs.run import data, grid, store
 from bmrs.run.config import NETWORKS, RunConfig, canonical_method, dataset_names
 from bmrs.run.data import DataUnavailableError
-from bmrs.run.experiments import run
+from bmrs.run.experiments import run_computed
 from bmrs.run.profile import UsageError
 from bmrs.run.store import ResultsCorruptError, compact_run
 
@@ -89,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train, prune and evaluate one run")
     add_run_flags(t)
     t.add_argument("--results-dir", default=str(store.RESULTS_DIR), help="where run directories live")
-    t.add_argument("--force", action="store_true", help="recompute even if the run has finished")
+    t.add_argument("--force", action="store_true",
+                   help="recompute from scratch even if the run has finished (replaces its files, discards its checkpoint)")
 
     g = sub.add_parser("grid", help="every run of a profile's notebooks, local workers or Slurm",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -116,10 +118,9 @@ def _train(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     out = store.run_dir(cfg, args.results_dir)
-    done = (out / "metrics.json").exists() and not args.force
-    metrics = run(cfg, results_dir=args.results_dir, force=args.force)
+    metrics, computed = run_computed(cfg, results_dir=args.results_dir, force=args.force)
     final = store.final_metrics(metrics, out / "metrics.json")
-    print(f"{'cached' if done else 'finished'}: {out}")
+    print(f"{'finished' if computed else 'cached'}: {out}")
     print(f"test accuracy {final['test_acc']:.2f}%  parameter compression {final['param_compression_pct']:.2f}%  "
           f"structure compression {final['structure_compression_pct']:.2f}%")
     return 0
@@ -146,17 +147,30 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _blocking_file(path: Path) -> Path | None:
+    """The first existing ancestor of ``path`` (itself included) that is not a directory."""
+    for candidate in (path, *path.parents):
+        if candidate.exists() or candidate.is_symlink():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
 def _describe_os_error(exc: OSError) -> str:
     """Our words for a failing file system call: which file, what happened, what to do."""
-    import errno
-
     where = exc.filename or ""
-    if exc.errno == errno.ENOSPC:
-        return f"the disk is full{f' writing {where}' if where else ''}; free some space and rerun (finished work is kept)"
+    at = f" {where}" if where else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "the disk is full" if exc.errno == errno.ENOSPC else "the disk quota is exceeded"
+        return f"{what}{f' writing {where}' if where else ''}; free some space and rerun (finished work is kept)"
+    if exc.errno == errno.EROFS:
+        return f"{where or 'the target'} is on a read-only file system; choose a results directory you can write (--results-dir)"
     if isinstance(exc, PermissionError):
-        return f"no permission to write {where}; choose a results directory you can write (--results-dir)"
+        return (f"no permission to access{at}; choose a results directory you can write (--results-dir) or fix the "
+                "permissions")
     if isinstance(exc, (NotADirectoryError, FileExistsError)):
-        return f"{where} is a file where a directory is needed; choose another --results-dir or move the file"
+        blocker = _blocking_file(Path(where)) if where else None
+        shown = blocker or where
+        return f"{shown} is a file where a directory is needed; choose another --results-dir or move the file"
     if isinstance(exc, IsADirectoryError):
         return f"{where} is a directory where a file is expected; delete it so the run can be recomputed"
     return f"{exc.strerror or exc}{f': {where}' if where else ''}"

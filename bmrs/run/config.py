@@ -3,7 +3,7 @@
 A :class:`RunConfig` is one (dataset, network, method, seed) run with every setting that changes its
 numbers; its ``run_id`` (a hash of the settings that differ from their defaults) names the run directory.
 The CLI's ``train`` flags are generated from its fields (:func:`bmrs.run.cli`), so every setting a run can
-have is a flag, with the help text of :data:`FIELD_HELP`.
+have is a flag, with the help text in each field's metadata.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from bmrs.run.train import TrainConfig
 #: input resolution of ResNet/ViT when image_size is unset
 DEFAULT_IMAGE_SIZE = 224
 NETWORKS = ("mlp", "lenet5", "resnet18", "resnet50", "vit_b16", "vit_tiny")
+#: the networks whose torchvision ImageNet weights ``pretrained`` loads (bmrs.nn.models.PRETRAINED_WEIGHTS)
+PRETRAINED_NETWORKS = ("resnet18", "resnet50", "vit_b16")
 METHODS = ("none", "l2", "etheta", "snr", "bmrs_n", "bmrs_n_code", "bmrs_u8", "bmrs_u4")
 
 
@@ -40,7 +42,7 @@ def family(network: str) -> str:
             "vit_b16": "vit", "vit_tiny": "vit"}[network]
 
 
-# The paper's hyperparameters (App. B). Datasets the paper did not use take the preset of the paper dataset
+# The paper's hyperparameters (Appendix C). Datasets the paper did not use take the preset of the paper dataset
 # they stand in for (bmrs.run.data.data.PAPER_DATASET; the README's deviations).
 PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("mlp", "mnist"): dict(lr=8.5e-4, batch_size=128, hidden=100, n_layers=7),
@@ -55,7 +57,7 @@ _LARGE = {"resnet": dict(lr=6.8e-4, batch_size=32, epochs=100, optimizer="adam")
 
 
 def preset(network: str, dataset: str) -> dict[str, Any]:
-    """The paper's hyperparameters for (network, dataset) (spec 4.3): optimiser, lr, batch, epochs,
+    """The paper's hyperparameters for (network, dataset) (paper Appendix C): optimiser, lr, batch, epochs,
     and the MLP's width/depth."""
     fam = family(network)
     base: dict[str, Any] = dict(epochs=50, finetune_epochs=10, optimizer="adam")
@@ -75,11 +77,20 @@ def _opt(default: Any, help: str, **meta: Any) -> Any:
 #: p2 of BMRS_U: the reduced prior's support is [2^-p2, 2^-p1], 23 = float32's mantissa bits (paper Sec. 3.2).
 BMRS_U_P2 = 23
 _BMRS_U = re.compile(r"bmrs_u(.*)")
+# p1 as written after "bmrs_u": a decimal number (sign and exponent allowed, so that "-3" or "1e3" are refused
+# for their value, not their spelling), or nan/inf. Python's float() also accepts "8_0" (= 80) and spaces.
+_P1 = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?|[-+]?(nan|inf|infinity)")
 MAX_SEED = 2**63 - 1
 
 
+def _p1_text(p1: float) -> str:
+    """p1 written once: an integer without decimals (8.0 -> "8"), otherwise the shortest exact repr (8.25)."""
+    return str(int(p1)) if p1.is_integer() else repr(p1)
+
+
 def canonical_method(method: str) -> str:
-    """One name per method: lower case; ``bmrs_u<p1>`` with p1 written as ``f"{p1:g}"`` (bmrs_u8.0 -> bmrs_u8).
+    """One name per method: lower case; ``bmrs_u<p1>`` with p1 written once (bmrs_u8.0 -> bmrs_u8, bmrs_u08 ->
+    bmrs_u8; a non-integer p1 keeps every digit: bmrs_u8.25).
 
     Raises ValueError for an unknown name, and for a BMRS_U precision outside (0, p2 = 23) (paper Sec. 3.2)."""
     if not isinstance(method, str):
@@ -89,14 +100,32 @@ def canonical_method(method: str) -> str:
         return key
     m = _BMRS_U.fullmatch(key)
     if m:
-        try:
-            p1 = float(m.group(1))
-        except ValueError:
-            raise ValueError(f"unknown method {method!r}: BMRS_U's precision p1 must be a number, as in bmrs_u6") from None
+        if not _P1.fullmatch(m.group(1)):
+            raise ValueError(f"unknown method {method!r}: BMRS_U's precision p1 must be a number, as in bmrs_u6")
+        p1 = float(m.group(1))
         if not (math.isfinite(p1) and 0 < p1 < BMRS_U_P2):
             raise ValueError(f"method {method!r}: BMRS_U's precision p1 must lie in (0, p2 = {BMRS_U_P2}); got {p1:g}")
-        return f"bmrs_u{p1:g}"
+        return f"bmrs_u{_p1_text(p1)}"
     raise ValueError(f"unknown method {method!r}; valid: {', '.join(valid_methods())} (or bmrs_u<p1>, e.g. bmrs_u6)")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def limit_split_sizes(limit_train: int, val_fraction: float) -> tuple[int, int]:
+    """(training, validation) examples that ``limit_train`` keeps, by the rule of :func:`bmrs.run.data.load`
+    (validation = round(limit_train · val_fraction), half up; training = the rest)."""
+    n_val = math.floor(limit_train * val_fraction + 0.5)
+    return limit_train - n_val, n_val
+
+
+def _smallest_limit_train(val_fraction: float) -> int:
+    """The smallest limit_train whose training and validation splits both hold an example."""
+    n = max(2, math.ceil(0.5 / val_fraction) - 1)
+    while min(limit_split_sizes(n, val_fraction)) < 1:
+        n += 1
+    return n
 
 
 @dataclass(frozen=True)
@@ -105,8 +134,10 @@ class RunConfig:
 
     `device` does not enter the hash (it does not change what is computed, up to floating-point differences
     between devices). Every field is a flag of ``python -m bmrs train`` with the help text given here.
-    Construction puts the method into its one canonical form (:func:`canonical_method`) and an ``image_size``
-    equal to the network's default into None, so one computation has one run id.
+    Construction puts the method into its one canonical form (:func:`canonical_method`), an ``image_size``
+    equal to the network's default into None, and a ``limit_train``/``limit_test`` at or above the data's size
+    (:data:`bmrs.run.data.SIZES`) into None; the hash writes an integral float as an integer (10.0 as 10). So one
+    computation has one run id. :meth:`validate` refuses what no run can have.
     """
 
     dataset: str = field(metadata={"help": "dataset (python -m bmrs download NAME fetches one that needs a network)"})
@@ -141,8 +172,15 @@ class RunConfig:
             except ValueError:
                 pass  # validate() reports it
         if (self.image_size is not None and self.network in NETWORKS and family(self.network) in ("resnet", "vit")
-                and not isinstance(self.image_size, bool) and self.image_size == DEFAULT_IMAGE_SIZE):
+                and _is_int(self.image_size) and self.image_size == DEFAULT_IMAGE_SIZE):
             object.__setattr__(self, "image_size", None)
+        # A limit at or above the data's size keeps all of it (bmrs.run.data.load): the same run as no limit.
+        sizes = data.SIZES.get(self.dataset) if isinstance(self.dataset, str) else None
+        if sizes is not None:
+            for name, size in zip(("limit_train", "limit_test"), sizes):
+                value = getattr(self, name)
+                if _is_int(value) and value >= size:
+                    object.__setattr__(self, name, None)
 
     def validate(self) -> None:
         """Raise ValueError (one line naming the fix) for settings no run can have; nothing has been written."""
@@ -185,12 +223,10 @@ class RunConfig:
                 and 0 < self.val_fraction < 1):
             raise ValueError(f"val_fraction must lie in (0, 1); got {self.val_fraction!r} (--val-fraction)")
         integer("limit_train", 2, optional=True)
-        if self.limit_train is not None:
-            n_val = int(self.limit_train * self.val_fraction)
-            if n_val < 1 or self.limit_train - n_val < 1:
-                raise ValueError(f"limit_train = {self.limit_train} leaves an empty training or validation split at "
-                                 f"val_fraction {self.val_fraction}; use --limit-train {math.ceil(1 / self.val_fraction) + 1} "
-                                 "or more")
+        if self.limit_train is not None and min(limit_split_sizes(self.limit_train, self.val_fraction)) < 1:
+            raise ValueError(f"limit_train = {self.limit_train} leaves an empty training or validation split at "
+                             f"val_fraction {self.val_fraction}; use --limit-train "
+                             f"{_smallest_limit_train(self.val_fraction)} or more")
         for name in ("kl_reduction", "selection"):
             choices = RunConfig.__dataclass_fields__[name].metadata["choices"]
             if getattr(self, name) not in choices:
@@ -198,6 +234,15 @@ class RunConfig:
         for name in ("pretrained", "keep_imagenet_head"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false; got {getattr(self, name)!r}")
+        large = family(self.network) in ("resnet", "vit")
+        if self.image_size is not None and not large:
+            raise ValueError(f"--image-size applies to the resnet and vit networks only; {self.network} takes the "
+                             "dataset's 32-pixel inputs (drop --image-size)")
+        if self.keep_imagenet_head and not large:
+            raise ValueError(f"--keep-imagenet-head applies to the resnet and vit networks only; drop it for {self.network}")
+        if self.pretrained and self.network not in PRETRAINED_NETWORKS:
+            raise ValueError(f"--pretrained: ImageNet weights exist for {', '.join(PRETRAINED_NETWORKS)} only; drop it "
+                             f"for {self.network}")
         if self.network in ("vit_b16", "vit_tiny"):
             size = self.image_size or DEFAULT_IMAGE_SIZE
             patch = 16 if self.network == "vit_b16" else max(4, size // 8)
@@ -214,7 +259,10 @@ class RunConfig:
         def redundant(k: str, v: Any) -> bool:  # a default, or an override equal to the preset's value
             return v == defaults[k] or (k in ("epochs", "finetune_epochs", "lr", "batch_size") and p.get(k) == v)
 
-        fields = {k: v for k, v in dataclasses.asdict(self).items()
+        # A number is hashed in one form: 10.0 (a float flag of the CLI) as 10 (a profile's YAML), as the runs of
+        # the profiles were stored.
+        fields = {k: (int(v) if isinstance(v, float) and v.is_integer() else v)
+                  for k, v in dataclasses.asdict(self).items()
                   if k != "device" and (k in ("dataset", "network", "method", "seed") or not redundant(k, v))}
         if self.method in registry.POST_HOC:  # a post-hoc run is defined by the base network it prunes
             fields["base"] = base_config(self).run_id
@@ -253,7 +301,7 @@ def valid_methods() -> tuple[str, ...]:
 
 def base_config(cfg: "RunConfig") -> "RunConfig":
     """The base run of cfg's setting and seed: trained with noise layers and no masking for the full
-    schedule (spec 4.5), keeping the last epoch's weights (no best-validation selection: with the KL term
+    schedule (the post-training protocol of Figure 2), keeping the last epoch's weights (no best-validation selection: with the KL term
     the best validation epoch is an early one, whose posteriors have not yet separated used from unused
     units). Post-hoc methods and post-training studies start from these weights."""
     return cfg.replace(method="base", finetune_epochs=0, prune_every=0, selection="last")

@@ -37,8 +37,8 @@ from bmrs.nn.paper_metric import PAPER_METRIC_VERSION
 from bmrs.prune import registry
 from bmrs.run import data, posthoc
 from bmrs.run.config import RunConfig, base_config, build_model, criterion_for, family
-from bmrs.run.store import (RESULTS_DIR, ResultsCorruptError, config_from_dir, load_model, read_json,  # noqa: F401 (re-exported)
-                            run_dir, save_model, write_json_atomic)
+from bmrs.run.store import (RESULTS_DIR, ResultsCorruptError, check_model_file, config_from_dir,  # noqa: F401 (re-exported)
+                            final_metrics, load_model, read_json, run_dir, save_model, write_json_atomic)
 from bmrs.run.train import PruningPlan, Trainer, pick_device, post_training_sweep
 
 
@@ -98,24 +98,45 @@ def run(cfg: RunConfig, *, results_dir: Path | str | None = None, force: bool = 
     """Train, prune and evaluate cfg; return its metrics. A completed run is returned without work.
 
     The run holds its lock (:func:`run_lock`) and trains with :data:`RUN_THREADS` intra-op thread(s)."""
+    return run_computed(cfg, results_dir=results_dir, force=force, stop_after_epoch=stop_after_epoch, log=log)[0]
+
+
+def run_computed(cfg: RunConfig, *, results_dir: Path | str | None = None, force: bool = False,
+                 stop_after_epoch: int | None = None, log=print) -> tuple[dict[str, Any], bool]:
+    """:func:`run`, and whether this call computed the run (False: it was finished already, or by the process
+    whose lock this call waited for)."""
     cfg.validate()
     out = run_dir(cfg, results_dir)
     metrics_path = out / "metrics.json"
     if metrics_path.exists() and not force:
-        return read_json(metrics_path)
+        return _finished(out), False
     with run_lock(cfg.run_id, results_dir, log), run_threads():
         if metrics_path.exists() and not force:  # finished by the process we waited for
-            return read_json(metrics_path)
-        return _run_locked(cfg, out, results_dir=results_dir, stop_after_epoch=stop_after_epoch, log=log)
+            return _finished(out), False
+        return _run_locked(cfg, out, results_dir=results_dir, stop_after_epoch=stop_after_epoch, force=force,
+                           log=log), True
 
 
-def _run_locked(cfg: RunConfig, out: Path, *, results_dir, stop_after_epoch, log) -> dict[str, Any]:
+def _finished(out: Path) -> dict[str, Any]:
+    """The metrics of the finished run in ``out``, after checking that its files are whole (a final entry in
+    metrics.json, a readable model.pt); ResultsCorruptError naming the file and the fix otherwise."""
+    metrics = read_json(out / "metrics.json")
+    final_metrics(metrics, out / "metrics.json")
+    check_model_file(out / "model.pt")
+    return metrics
+
+
+def _run_locked(cfg: RunConfig, out: Path, *, results_dir, stop_after_epoch, force: bool = False,
+                log) -> dict[str, Any]:
     metrics_path = out / "metrics.json"
     config_path = out / "config.json"
-    if config_path.exists():
+    if force:  # recompute from scratch: whatever the directory holds (even unreadable files) is replaced
+        (out / "checkpoint.pt").unlink(missing_ok=True)
+    elif config_path.exists():
         existing = read_json(config_path)
-        if existing.get("run") != cfg.hashed_fields():
-            raise ResultsCorruptError(f"{config_path} belongs to a different configuration; delete {out} to rerun")
+        if not isinstance(existing, dict) or existing.get("run") != cfg.hashed_fields():
+            raise ResultsCorruptError(f"{config_path} belongs to a different configuration; delete {out} (or pass "
+                                      "--force) to recompute it")
 
     device = pick_device(cfg.device)
     tcfg = cfg.train_config()
@@ -151,7 +172,7 @@ def _run_locked(cfg: RunConfig, out: Path, *, results_dir, stop_after_epoch, log
 
 
 # --------------------------------------------------------------------------------------------------
-# Post-training pruning (spec 4.5): one base network per seed, every criterion, a sweep of levels
+# Post-training pruning (Figure 2): one base network per seed, every criterion, a sweep of levels
 # --------------------------------------------------------------------------------------------------
 
 POSTTRAIN_CRITERIA = ("l2", "snr", "etheta", "bmrs_n", "bmrs_u8", "bmrs_u4")
@@ -167,7 +188,7 @@ def _sweep_path(base: RunConfig, criterion: str, levels: tuple[float, ...], fine
 def run_posttrain(base: RunConfig, criteria: tuple[str, ...] = POSTTRAIN_CRITERIA,
                   levels: tuple[float, ...] = PAPER_LEVELS, *, finetune_epochs_per_level: int = 1,
                   results_dir: Path | str | None = None, log=print) -> dict[str, Any]:
-    """A post-training study on the base network of `base` (spec 4.5): for every criterion, prune the
+    """A post-training study on the base network of `base` (Figure 2's protocol): for every criterion, prune the
     trained network to each level (percent of units, one global threshold; BMRS stops where ΔF < 0),
     fine-tune `finetune_epochs_per_level` epochs and record test accuracy and compression.
 
@@ -189,17 +210,15 @@ def run_posttrain(base: RunConfig, criteria: tuple[str, ...] = POSTTRAIN_CRITERI
     for name in criteria:
         path = _sweep_path(base, name, levels, finetune_epochs_per_level, results_dir)
         if path.exists():
-            stored = read_json(path)
-            if stored.get("paper_metric_version") == PAPER_METRIC_VERSION:
-                curves[name] = stored["records"]
+            records = _stored_sweep(path)
+            if records is not None:
+                curves[name] = records
                 continue
             log(f"post-training sweep {name}: stored with an older compression rule, recomputing")
         with run_lock(f"{base.run_id}-{path.stem}", results_dir, log), run_threads():
-            if path.exists():  # computed by the process we waited for
-                stored = read_json(path)
-                if stored.get("paper_metric_version") == PAPER_METRIC_VERSION:
-                    curves[name] = stored["records"]
-                    continue
+            if path.exists() and (records := _stored_sweep(path)) is not None:  # computed by the process we waited for
+                curves[name] = records
+                continue
             curves[name] = _sweep(name, model, state, bundle, levels, tcfg, base=base, device=device,
                                   finetune_epochs_per_level=finetune_epochs_per_level, path=path)
         log(f"post-training sweep {name}: {len(curves[name])} points")
@@ -208,6 +227,16 @@ def run_posttrain(base: RunConfig, criteria: tuple[str, ...] = POSTTRAIN_CRITERI
     # (BMRS_N's two ΔF variants differ by a constant and rank identically).
     return {"curves": curves, "ranks": rank_correlations(model, list(POSTTRAIN_CRITERIA)), "base": base_metrics,
             "run_id": base.run_id}
+
+
+def _stored_sweep(path: Path) -> list[dict[str, Any]] | None:
+    """The records of a stored sweep, None if it was stored under an older compression rule (recompute it);
+    ResultsCorruptError naming the file if it is not a sweep file."""
+    fix = f"delete {path} to recompute that sweep"
+    stored = read_json(path, fix=fix)
+    if not isinstance(stored, dict) or not isinstance(stored.get("records"), list):
+        raise ResultsCorruptError(f"{path} holds no sweep records; {fix}")
+    return stored["records"] if stored.get("paper_metric_version") == PAPER_METRIC_VERSION else None
 
 
 def _sweep(name, model, state, bundle, levels, tcfg, *, base, device, finetune_epochs_per_level, path):

@@ -20,6 +20,42 @@ class UsageError(Exception):
     """A mistake in the command line or the profile file: reported with exit status 2."""
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's SafeLoader, except that a mapping holding one key twice is an error (SafeLoader keeps the last
+    value silently). Keys brought in by a merge (``<<: *anchor``) may still be overridden."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:
+                    continue  # an unhashable key: SafeLoader's own error follows
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found the key {key!r} twice (first at line {first.start_mark.line + 1}); keep one",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def describe_yaml_error(exc: yaml.YAMLError) -> str:
+    """One line for a YAML error: where it is and what is wrong (yaml's own text spans several lines)."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return " ".join(str(exc).split())
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys (:class:`UniqueKeyLoader`); raises yaml.YAMLError."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 — a SafeLoader subclass
+
+
 @dataclass(frozen=True)
 class Profile:
     """A parsed ``configs/<name>.yaml``."""
@@ -51,9 +87,14 @@ def load_profile(name: str, configs_dir: Path) -> Profile:
         listing = ", ".join(names) if names else f"none: no *.yaml in {configs_dir}"
         raise UsageError(f"unknown profile {name!r}; available profiles (from {configs_dir}/*.yaml): {listing}")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"malformed profile {path}: it is not a UTF-8 text file ({exc.reason} at byte {exc.start}); "
+                         f"restore it (git checkout {path.name} in {configs_dir}) or write it as YAML text") from exc
+    try:
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
-        raise UsageError(f"malformed YAML in {path}: {exc}") from exc
+        raise UsageError(f"malformed YAML in {path}: {describe_yaml_error(exc)}") from exc
     if data is None:
         data = {}
     if not isinstance(data, dict):

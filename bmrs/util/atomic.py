@@ -11,6 +11,7 @@ temporary file is removed and the target is left as it was.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -42,9 +43,36 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
+        translated = _write_failure(exc, target)  # before the unlink: a full disk must still look full
         tmp.unlink(missing_ok=True)
+        if translated is not None:
+            raise translated from exc
         raise
+
+
+#: torch.save reports a failed write (a full disk, a quota) as a RuntimeError of its C++ stream writer, e.g.
+#: "[enforce fail at inline_container.cc:672] . unexpected pos 17664 vs 17558", without errno or file name.
+_TORCH_WRITE_FAILURE = ("PytorchStreamWriter", "inline_container", "unexpected pos")
+_NEARLY_FULL_BYTES = 1 << 20
+
+
+def _write_failure(exc: BaseException, target: Path) -> OSError | None:
+    """An OSError naming ``target`` for a failed write whose error does not say which file it was (Python's own
+    write errors carry no file name) or what happened (torch's stream writer); None to re-raise ``exc`` as is."""
+    if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+        return type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), str(target))
+    if isinstance(exc, RuntimeError) and any(s in str(exc) for s in _TORCH_WRITE_FAILURE):
+        try:
+            st = os.statvfs(target.parent)
+            full = st.f_bavail * st.f_frsize < _NEARLY_FULL_BYTES
+        except OSError:
+            full = False
+        if full:
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return OSError(errno.EIO, f"writing failed ({first}); check the free space and quota", str(target))
+    return None
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
