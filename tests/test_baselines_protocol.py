@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from bmrs.run import posthoc as protocol
-from bmrs.nn.measure import actual_param_compression, plain_parameters
-from bmrs.prune.eigendamage import EigenDamage, count_parameters, fold_noise
+from bmrs.nn.measure import actual_param_compression, count_parameters, plain_parameters
+from bmrs.nn.shrink import fold_noise
+from bmrs.prune.eigendamage import EigenDamage
 from bmrs.prune.criteria import L2, prune_to_fraction
 from bmrs.prune.registry import make_criterion
 from bmrs.run.data import load

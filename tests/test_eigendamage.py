@@ -1,4 +1,6 @@
-"""EigenDamage and C-OBD baselines (spec A.3–A.13): the checks of A.13 plus the library glue."""
+"""EigenDamage and C-OBD baselines (Wang, Grosse, Fidler & Zhang, ICML 2019, arXiv:1905.05934; authors' code
+`alecwangcq/EigenDamage-Pytorch`): the KFE rotation and score identities, the K-FAC statistics, the bottleneck
+rebuild, plus the library glue."""
 
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from bmrs.prune.eigendamage import (
-    COBD, EigenBasis, EigenBottleneck, EigenDamage, KFactors, bottleneck_size, collect_kfac, count_macs,
-    count_parameters, eigen_basis, fold_noise, layer_matrix, prunable_layers, recalibrate_bn, rotate_and_score,
-    select,
+    COBD, EigenBasis, EigenBottleneck, EigenDamage, KFactors, bottleneck_size, collect_kfac, eigen_basis,
+    layer_matrix, prunable_layers, recalibrate_bn, rotate_and_score, select,
 )
+from bmrs.nn.measure import count_macs, count_parameters
+from bmrs.nn.shrink import fold_noise
 from bmrs.prune.criteria import prune_to_fraction
 from bmrs.run.data import TensorSplit
 from bmrs.nn.models import lenet5, mlp
@@ -44,7 +47,7 @@ def _randomise_noise(model: nn.Module, seed: int = 0, prune: float = 0.3) -> Non
 
 
 # --------------------------------------------------------------------------------------------------
-# A.13 unit tests 1-3: rotation, diagonal Fisher in the KFE, quadratic-model loss = ½ score
+# Rotation, diagonal Fisher in the KFE, quadratic-model loss = ½ score (`pruner/kfac_eigen_pruner.py`)
 # --------------------------------------------------------------------------------------------------
 
 def test_rotation_roundtrip_and_fisher_is_diagonal_in_the_eigenbasis():
@@ -83,7 +86,8 @@ def test_zeroing_a_row_or_column_costs_half_its_score_under_the_quadratic_model(
 
 
 # --------------------------------------------------------------------------------------------------
-# K-FAC statistics: normalisation of A.3 against brute force (forward hooks + tensor hooks)
+# K-FAC statistics: the normalisation of `pruner/kfac_eigen_pruner.py` / `utils/kfac_utils.py` against
+# brute force (forward hooks + tensor hooks)
 # --------------------------------------------------------------------------------------------------
 
 def test_collect_kfac_matches_brute_force_factors():
@@ -145,7 +149,7 @@ def test_true_fisher_labels_are_sampled_and_reproducible():
 
 
 # --------------------------------------------------------------------------------------------------
-# A.13 unit test 4: the rebuilt layer with nothing pruned is the original layer
+# The rebuilt layer (rotate → core → rotate) with nothing pruned is the original layer
 # --------------------------------------------------------------------------------------------------
 
 LAYERS = {
@@ -245,7 +249,7 @@ def test_size_check_keeps_small_layers_dense():
 
 
 # --------------------------------------------------------------------------------------------------
-# fold_noise (spec C.2 (b))
+# fold_noise: the base network with the noise folded in as E[θ]·mask (bmrs.run.posthoc docstring; notebook 07)
 # --------------------------------------------------------------------------------------------------
 
 def _small_resnet():
@@ -344,7 +348,8 @@ def test_smoke_fit_prune_finetune_on_digits(trained_lenet, fitted, digits):
         assert math.isfinite(stats["ce"]) and math.isfinite(acc) and 0.0 <= acc <= 100.0
     in_optimizer = {id(q) for g in opt.param_groups for q in g["params"]}
     rotations = [p for n, p in pruned.named_parameters() if n.endswith(("q_in", "q_out"))]
-    assert rotations and all(id(p) in in_optimizer for p in rotations)  # rotations are fine-tuned (A.6)
+    # rotations are fine-tuned (the authors' configs: `fix_rotation: false`)
+    assert rotations and all(id(p) in in_optimizer for p in rotations)
     assert recalibrate_bn(pruned, digits, device=CPU) is pruned  # no BatchNorm: a no-op
 
 

@@ -1,7 +1,7 @@
 """Measuring a network: parameters, MACs, latency (side by side), accuracy, and what shrinking buys.
 
 * :func:`count_parameters`, :func:`count_macs` — one convention for every network of the project (the
-  shrunk ones, EigenDamage's rebuilt ones, the dense references);
+  shrunk ones, EigenDamage's rebuilt ones with their rotations, the dense references, users' own networks);
 * :func:`compare_latency` — several models timed in interleaved rounds, so machine noise hits all alike;
 * :func:`evaluate` — top-1 accuracy and cross-entropy on a split;
 * :func:`plain_parameters`, :func:`actual_param_compression` — the dense deployable network (noise layers
@@ -28,8 +28,21 @@ from bmrs.util.batches import iterate_batches
 
 
 def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
-    """Number of parameter entries (shared parameters once)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+    """Number of parameter entries (shared parameters once), plus the tensors a module declares as counted
+    although it stores them as buffers: a module may define ``counted_buffers() -> Iterable[Tensor]`` (the hook
+    EigenDamage's bottleneck uses for frozen rotations, which count as parameters). trainable_only counts only
+    parameters with requires_grad (no counted buffers)."""
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+    if not trainable_only:
+        seen: set[int] = set()
+        for m in model.modules():
+            hook = getattr(m, "counted_buffers", None)
+            if callable(hook):
+                for t in hook():
+                    if id(t) not in seen:
+                        seen.add(id(t))
+                        n += t.numel()
+    return n
 
 
 def count_macs(model: nn.Module, example_input: Tensor) -> int:
@@ -127,7 +140,7 @@ def report(masked_model: nn.Module, example_input: Tensor | None = None, *, shru
            threads: int = 1, repeats: int = 50, warmup: int = 5, seed: int = 0) -> dict[str, Any]:
     """What compaction buys for a masked model, measured side by side.
 
-    * paper: bmrs.nn.paper_metric.paper_compression (the paper's estimate, spec 4.6);
+    * paper: bmrs.nn.paper_metric.paper_compression (the paper's estimate);
     * params: dense with noise (all parameters of the masked model), dense without noise (minus μ and
       log σ), shrunk; and the actual compression relative to both;
     * macs: dense (the masked model; noise multiplications are elementwise, not counted) and shrunk at batch 1;

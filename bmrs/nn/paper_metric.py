@@ -1,4 +1,5 @@
-"""The paper's compression metrics (spec 4.6), computed on a masked model.
+"""The paper's compression metrics, computed on a masked model as the released code's
+``get_true_parameter_compression_percent`` (modules/layers.py) counts them.
 
 * Structure compression: the fraction of prunable units whose mask is 0.
 * Parameter compression: removed parameters / all trainable parameters (weights, biases, batch-norm
@@ -12,7 +13,7 @@
 
 So this is the paper's estimate, not the truth: it undercounts LeNet5 (on the paper-preset F-MNIST
 BMRS_N run, 88.4 % here against 95.9 % for the physically shrunk network; the paper reports
-88.02 ± 1.00 %) and ignores residual consumers (spec 4.6). bmrs.nn.shrink counts the parameters of the
+88.02 ± 1.00 %) and ignores residual consumers. bmrs.nn.shrink counts the parameters of the
 physically shrunk network exactly ("actual" compression everywhere in the tables).
 """
 
@@ -53,7 +54,7 @@ class Compression:
 
 
 def paper_compression(model: nn.Module, example_input: Tensor | None = None) -> Compression:
-    """Structure and parameter compression of model's current masks, by the rule of spec 4.6."""
+    """Structure and parameter compression of model's current masks, by the rule of the module docstring."""
     total = sum(p.numel() for p in model.parameters() if p.requires_grad)
     groups = trace_unit_groups(model, example_input)
     removed_entries: dict[int, Tensor] = {}

@@ -41,7 +41,29 @@ linear map and the pruned units are deleted:
   axis). A branch with no kept feature is removed entirely (its LayerNorm, attention/MLP and
   projection weights).
 
-Every shrunk network is described by a JSON-able architecture dict (family, layer sizes, kept unit
+* **Any other traced network** (what bmrs.attach_noise returns, or any module with MultiplicativeNoise or
+  NoisyBatchNorm2d placed by hand: nn.Sequential, custom forwards, torchvision ResNet/VGG/MobileNetV2).
+  bmrs.nn.graph.trace_structure gives the structure groups: units sharing one index from their Linear/Conv
+  producers through BatchNorm, activations, pooling, dropout, depthwise convs and flattening to the
+  Linear/Conv consumers, merged by residual additions, laid side by side by concatenations. Each noise layer's
+  scale is folded by the rules of :func:`plan_folds` (into the previous Linear/Conv/BatchNorm, else into its
+  consumers' columns through ops that commute with s >= 0). Which units to remove follows from exact zeros:
+  a unit is zero after a noise layer with s = 0, stays zero through zero-preserving ops (ReLU, pooling,
+  flattening, a bias-free depthwise conv; not through BatchNorm's shift or a sigmoid), and a sum is zero where
+  all its operands are. A unit of a group is removed — producer rows, BatchNorm entries, depthwise channels,
+  consumer columns — when it is zero at every consumer: for a residual stream, when every member prunes it;
+  through a depthwise conv, when the noise nearest the consumer does. A group with no unit left keeps one
+  (exactly zero) placeholder. The result is a deep copy of the model (same class and module names; a
+  GraphModule loses its noise nodes); an operation that cannot be narrowed, a noise layer that cannot be
+  folded or a module called twice ends in one error naming the module and the op.
+  *Why our own graph rather than Torch-Pruning's DependencyGraph:* the index surgery is the easy part; what
+  BMRS needs around it is not in Torch-Pruning: folding E[θ]·mask exactly, the noise layer as a graph node,
+  "remove only what is exactly zero at every consumer" (a residual channel pruned by some members only stays;
+  a fully pruned group keeps a zero placeholder where Torch-Pruning refuses to prune everything), the ViT's
+  per-branch row deletion, and no new dependency. torch.fx gives the call sites and shapes; bmrs.nn.graph
+  and this section do the rest.
+
+bmrs's own networks are described by a JSON-able architecture dict (family, layer sizes, kept unit
 indices) and built from it by the same code that :func:`load_compact` uses, so the save/load round
 trip rebuilds exactly the module that :func:`shrink` returned.
 
@@ -54,6 +76,7 @@ stated thread count.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,14 +84,18 @@ from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
-from bmrs.util.atomic import atomic_path, write_json
-from bmrs.nn.models import Classifier, InputSpec, NoisyAttention, TorchvisionClassifier
+from bmrs.nn.graph import (HOMOGENEOUS_MODULES, UNITWISE_MODULES, Seg, Structure, _flat_nodes, example_input_for,
+                           trace_structure, where)
+from bmrs.nn.models import Classifier, InputSpec, NoisyAttention, NoisyBatchNorm2d, TorchvisionClassifier
 from bmrs.nn.noise import MultiplicativeNoise, noise_layers, unmasked
+from bmrs.util.atomic import atomic_path, write_json
 
 FORMAT_VERSION = 1
-SUPPORTED = ("bmrs.nn.models.mlp and bmrs.nn.models.lenet5 (a Classifier chain of Linear/Conv2d layers with noise after "
+SUPPORTED = ("any network bmrs.attach_noise accepts (traced with torch.fx: Linear/Conv, BatchNorm, activations, "
+             "pooling, flattening, dropout, residual additions, concatenation), and bmrs's own "
+             "bmrs.nn.models.mlp and bmrs.nn.models.lenet5 (a Classifier chain of Linear/Conv2d layers with noise after "
              "the activation), bmrs.nn.models.resnet (torchvision ResNet-18/50 with NoisyBatchNorm2d) and "
              "bmrs.nn.models.vit (torchvision VisionTransformer with NoisyAttention and MLP noise)")
 
@@ -198,10 +225,9 @@ def noise_param_count(model: nn.Module) -> int:
 # ------------------------------------------------------------------------------------------------
 
 # Ops allowed between a producer and its noise layer (act on each unit separately) and between a noise
-# layer and the consumer (also commute with a per-unit scale s >= 0).
-_UNITWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.LeakyReLU, nn.ELU, nn.Dropout, nn.Identity, nn.MaxPool2d,
-             nn.AvgPool2d)
-_HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU, nn.Dropout, nn.Identity, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten)
+# layer and the consumer (also commute with a per-unit scale s >= 0): bmrs.nn.graph.OPS.
+_UNITWISE = UNITWISE_MODULES
+_HOMOGENEOUS = HOMOGENEOUS_MODULES
 
 
 def _layer_spec(m: nn.Module) -> dict[str, Any]:
@@ -638,6 +664,377 @@ def _build_vit(spec: dict[str, Any]) -> TorchvisionClassifier:
 
 
 # ------------------------------------------------------------------------------------------------
+# Any traced network: folding E[θ]·mask into the weights, and removing units (torch.fx)
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class Fold:
+    """Where a noise layer's scale s = E[θ]·mask goes (see :func:`plan_folds`).
+
+    kind "rows": the output rows and bias of the Linear/Conv `target` (or the channels of a depthwise conv);
+    "bn": γ and β of the BatchNorm `target`; "columns": the input columns of the consumers in `columns`
+    (consumer module -> indices of the marked segments of its input layout; for a depthwise conv, its
+    per-channel weights)."""
+
+    noise: str
+    kind: str
+    target: str | None = None
+    columns: dict[str, set[int]] = field(default_factory=dict)
+
+
+def _fold_back(st: Structure, nodes: dict[str, fx.Node], start: fx.Node, through: set[str]) -> Fold | None:
+    """Walk from a noise layer's input back through `through` ops (single users) to a layer with per-unit
+    parameters: a Linear/Conv or depthwise conv (rows), or an affine BatchNorm."""
+    p = start
+    while p.name in through and len(p.users) == 1 and p.name in st.src_of:
+        p = nodes[st.src_of[p.name]]
+    if len(p.users) != 1:
+        return None
+    kind = st.kinds.get(p.name)
+    if kind in ("producer", "dw"):
+        return Fold("", "rows", p.target)
+    if kind == "bn" and st.modules[p.target].affine:
+        return Fold("", "bn", p.target)
+    return None
+
+
+def _fold_forward(st: Structure, nodes: dict[str, fx.Node], noise: fx.Node) -> tuple[Fold | None, str]:
+    """Follow every use of a noise layer's output through ops that commute with s >= 0 (and concatenations)
+    to the Linear/Conv (or depthwise conv) layers that read it; (None, the blocking site) when a use goes
+    anywhere else."""
+    marks: dict[str, set[int]] = {noise.name: {0}}
+    fold = Fold("", "columns")
+    order = list(st.graph.nodes)
+    for node in order[order.index(noise) + 1:]:
+        marked = [a for a in _flat_nodes((node.args, node.kwargs)) if a.name in marks]
+        if not marked:
+            continue
+        kind = st.kinds.get(node.name)
+        if kind in ("producer", "dw") and node.args[0] is marked[0] and len(marked) == 1:
+            fold.columns.setdefault(node.target, set()).update(marks[marked[0].name])
+        elif kind == "cat":
+            out: set[int] = set()
+            offset = 0
+            for part in node.args[0]:
+                if part.name in marks:
+                    out |= {offset + i for i in marks[part.name]}
+                offset += len(st.layout[part.name][1]) if part.name in st.layout else 1
+            marks[node.name] = out
+        elif node.name in st.homogeneous and st.src_of.get(node.name) == marked[0].name and len(marked) == 1:
+            marks[node.name] = set(marks[marked[0].name])
+        else:
+            return None, where(node, st.modules) if node.op != "output" else "the network's output"
+    return fold, ""
+
+
+def _noise_called_once(st: Structure, model: nn.Module) -> None:
+    for name in st.noise_nodes:
+        module = name.removesuffix(".noise") if name not in st.calls else name
+        if st.calls[module] > 1:
+            raise _fail(model, f"the noise layer '{name}' is called {st.calls[module]} times in the forward; give each "
+                               "call its own noise layer (and its own Linear/Conv)")
+
+
+def plan_folds(st: Structure) -> dict[str, Fold | str]:
+    """For each noise layer, where its scale s = E[θ]·mask (s >= 0) can be folded exactly (else why not):
+
+    1. into the layer right before it, through ops that are the identity in eval mode (dropout): the rows
+       and bias of a Linear/Conv, s ⊙ (W x + b) = (diag(s) W) x + s ⊙ b, the channels of a depthwise conv,
+       or γ and β of a BatchNorm, s ⊙ (γ x̂ + β) = (s γ) x̂ + s β (NoisyBatchNorm2d: its own BatchNorm);
+    2. else into the input columns of every layer that reads it, through ops g that commute with a per-unit
+       scale s >= 0 (ReLU, pooling, flattening, dropout, concatenation): W g(s ⊙ h) = (W diag(s)) g(h), a
+       flattened channel owning a block of columns; into a depthwise conv's weights (its bias untouched);
+    3. else back through such ops to the layer of rule 1: s ⊙ g(W x + b) = g(s ⊙ (W x + b)).
+    """
+    nodes = {n.name: n for n in st.graph.nodes}
+    out: dict[str, Fold | str] = {}
+    for name, node in st.noise_nodes.items():
+        if st.kinds.get(node.name) == "noisybn":
+            out[name] = Fold(name, "bn", node.target)
+            continue
+        src = node.args[0]
+        fold = _fold_back(st, nodes, src, st.identity)
+        blocker = ""
+        if fold is None:
+            fold, blocker = _fold_forward(st, nodes, node)
+        if fold is None:
+            fold = _fold_back(st, nodes, src, st.homogeneous)
+        if fold is None:
+            out[name] = (f"noise layer '{name}' cannot be folded into the weights: it does not follow a Linear/Conv/"
+                         f"BatchNorm (through ops that commute with a per-unit scale), and its output reaches "
+                         f"{blocker}, which does not commute with one")
+            continue
+        fold.noise = name
+        out[name] = fold
+    return out
+
+
+def _noise_module(model: nn.Module, name: str) -> MultiplicativeNoise:
+    m = model.get_submodule(name)
+    return m.noise if isinstance(m, NoisyBatchNorm2d) else m
+
+
+def _zero_units(st: Structure, scales: dict[str, Tensor]) -> dict[str, list[Tensor | None]]:
+    """Per tensor (node name), per segment of its layout: which units are exactly zero for every input in the
+    masked network's eval mode (s = 0 after a noise layer; kept through zero-preserving ops; a sum is zero
+    where all its operands are)."""
+    zero: dict[str, list[Tensor | None]] = {}
+    noise_of = {node.name: name for name, node in st.noise_nodes.items()}
+
+    def fresh(name: str) -> list[Tensor | None]:
+        return [None if g.space is None else torch.zeros(g.width, dtype=torch.bool) for g in st.layout[name][1]]
+
+    for kind, name, inputs, *rest in st.flow:
+        if kind == "new" or kind == "live":
+            zero[name] = fresh(name)
+        elif kind == "same":
+            zero[name] = list(zero[inputs[0]])
+        elif kind in ("noise", "noise_fresh"):
+            dead = scales[noise_of[name]] == 0
+            prev = zero[inputs[0]][0] if kind == "noise" else None
+            zero[name] = [dead | prev if prev is not None else dead]
+        elif kind == "and":
+            parts = [zero[i] for i in inputs]
+            zero[name] = [None if any(p[k] is None for p in parts) else torch.stack([p[k] for p in parts]).all(0)
+                          for k in range(len(parts[0]))]
+        elif kind == "cat":
+            zero[name] = [z for i in inputs for z in (zero[i] if i in zero else [None])]
+    return zero
+
+
+def _columns(segs: Iterable[Seg], kept: dict[int, Tensor] | None) -> Tensor:
+    """Indices of the kept entries of a unit axis laid out as `segs` (unit i of a segment owns `block` entries)."""
+    out, offset = [], 0
+    for g in segs:
+        if g.space is None or kept is None:
+            idx = torch.arange(g.length)
+        else:
+            idx = (kept[g.space].view(-1, 1) * g.block + torch.arange(g.block)).flatten()
+        out.append(idx + offset)
+        offset += g.length
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def _column_scale(segs: tuple[Seg, ...], marked: set[int], s: Tensor) -> Tensor:
+    """The per-entry scale of an input axis whose marked segments carry a noise layer's units (scale s)."""
+    parts = [s.repeat_interleave(g.block) if i in marked else torch.ones(g.length, dtype=torch.float64)
+             for i, g in enumerate(segs)]
+    return torch.cat(parts)
+
+
+def _fail(model: nn.Module, message: str) -> ValueError:
+    return ValueError(f"shrink cannot handle {type(model).__name__}: {message}")
+
+
+def _rebuilt(model: nn.Module, st: Structure, folds: dict[str, Fold], kept: dict[int, Tensor] | None) -> nn.Module:
+    """A deep copy of model with every noise layer's scale folded per `folds` and, when `kept` is given, every
+    structure group narrowed to its kept units (module attributes updated); noise layers removed."""
+    scales = {name: unit_scale(_noise_module(model, name), _noise_module(model, name).num_units, torch.device("cpu"))[0]
+              for name in folds}
+    row_scale: dict[str, Tensor] = {}
+    col_scale: dict[str, Tensor] = {}
+    for name, fold in folds.items():
+        s = scales[name]
+        if fold.kind in ("rows", "bn"):
+            row_scale[fold.target] = row_scale.get(fold.target, torch.ones_like(s)) * s
+        else:
+            for consumer, marked in fold.columns.items():
+                segs = st.layout[st.consumer_inputs[consumer].name][1] if consumer in st.consumer_inputs else \
+                    st.layout[st.channelwise_inputs[consumer][0].name][1]
+                scale = _column_scale(segs, marked, s)
+                col_scale[consumer] = col_scale.get(consumer, torch.ones_like(scale)) * scale
+    rows: dict[str, Tensor] = {}
+    cols: dict[str, Tensor] = {}
+    chans: dict[str, Tensor] = {}
+    if kept is not None:
+        for name, node in st.producer_nodes.items():
+            rows[name] = kept[st.layout[node.name][1][0].space]
+        for name, src in st.consumer_inputs.items():
+            cols[name] = _columns(st.layout[src.name][1], kept)
+        for name, (src, _) in st.channelwise_inputs.items():
+            chans[name] = _columns(st.layout[src.name][1], kept)
+    full = {name: st.groups[st.layout[node.name][1][0].space].width for name, node in st.producer_nodes.items()}
+    full_in = {name: sum(seg.length for seg in st.layout[src.name][1]) for name, src in st.consumer_inputs.items()}
+    full_ch = {name: sum(seg.length for seg in st.layout[src.name][1]) for name, (src, _) in st.channelwise_inputs.items()}
+    changed = set(row_scale) | set(col_scale) | {n for n, r in rows.items() if r.numel() < full[n]} \
+        | {n for n, c in cols.items() if c.numel() < full_in[n]} | {n for n, c in chans.items() if c.numel() < full_ch[n]}
+    shared = sorted(n for n in changed if st.calls[n] > 1)
+    if shared:
+        raise _fail(model, f"the module '{shared[0]}' is called {st.calls[shared[0]]} times in the forward and its units "
+                           "would change; give each call its own module")
+    functional = sorted({n.target.rpartition(".")[0] for n in st.graph.nodes if n.op == "get_attr"} & changed)
+    if functional:
+        raise _fail(model, f"the parameters of '{functional[0]}' are also used outside its own forward (get_attr), "
+                           "so they cannot be narrowed")
+
+    new = copy.deepcopy(model)
+    with torch.no_grad():
+        for name in sorted(changed):
+            _narrow(new, name, row_scale.get(name), col_scale.get(name), rows.get(name), cols.get(name),
+                    chans.get(name), st.channelwise_inputs.get(name, (None, None))[1])
+        _drop_noise(new, st)
+    return new
+
+
+def _param(old: Tensor, value: Tensor) -> nn.Parameter:
+    return nn.Parameter(value.to(dtype=old.dtype, device=old.device).contiguous(), requires_grad=old.requires_grad)
+
+
+def _cast(s: Tensor, like: Tensor) -> Tensor:
+    """A float64 scale in the dtype and on the device of the tensor it multiplies. The product is taken in that
+    dtype, as fold_noise always did, so the baselines' folded networks stay bit-identical."""
+    return s.to(device=like.device, dtype=like.dtype)
+
+
+def _narrow(root: nn.Module, name: str, row_s: Tensor | None, col_s: Tensor | None, rows: Tensor | None,
+            cols: Tensor | None, chans: Tensor | None, channelwise: str | None) -> None:
+    """Fold the scales into module `name` of root (rows first, then columns) and keep its given rows, columns or
+    channels (updating in/out features, channels, groups, num_features)."""
+    m = root.get_submodule(name)
+    if channelwise == "bn":
+        bn = m
+        if isinstance(m, NoisyBatchNorm2d):
+            bn = nn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
+            bn.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("noise.")})
+            bn = bn.to(device=m.weight.device if m.weight is not None else None)
+            bn.train(m.training)
+            _set_submodule(root, name, bn)
+        idx = chans if chans is not None else torch.arange(bn.num_features)
+        if row_s is not None:
+            if not bn.affine:
+                raise ValueError(f"shrink cannot fold noise into the non-affine BatchNorm '{name}'")
+            bn.weight = _param(bn.weight, bn.weight.detach() * _cast(row_s, bn.weight))
+            bn.bias = _param(bn.bias, bn.bias.detach() * _cast(row_s, bn.bias))
+        idx = idx.to(bn.running_mean.device if bn.running_mean is not None else "cpu")
+        if bn.affine:
+            bn.weight, bn.bias = _param(bn.weight, bn.weight.detach()[idx]), _param(bn.bias, bn.bias.detach()[idx])
+        if bn.running_mean is not None:
+            bn.running_mean = bn.running_mean[idx].clone()
+            bn.running_var = bn.running_var[idx].clone()
+        bn.num_features = int(idx.numel())
+        return
+    w = m.weight.detach()
+    b = m.bias.detach() if m.bias is not None else None
+    view = (-1,) + (1,) * (w.dim() - 1)
+    if channelwise == "dw":  # depthwise conv: rows fold weight and bias, columns (a scale before it) the weight only
+        if row_s is not None:
+            w, b = w * _cast(row_s, w).view(view), (b * _cast(row_s, b) if b is not None else None)
+        if col_s is not None:
+            w = w * _cast(col_s, w).view(view)
+        idx = (chans if chans is not None else torch.arange(w.shape[0])).to(w.device)
+        m.weight = _param(m.weight, w[idx])
+        if b is not None:
+            m.bias = _param(m.bias, b[idx])
+        m.in_channels = m.out_channels = m.groups = int(idx.numel())
+        return
+    if row_s is not None:
+        w = w * _cast(row_s, w).view(view)
+        b = b * _cast(row_s, b) if b is not None else None
+    if col_s is not None:
+        w = w * _cast(col_s, w).view((1, -1) + (1,) * (w.dim() - 2))
+    if rows is not None:
+        w = w[rows.to(w.device)]
+        b = b[rows.to(w.device)] if b is not None else None
+    if cols is not None:
+        w = w[:, cols.to(w.device)]
+    m.weight = _param(m.weight, w)
+    if b is not None:
+        m.bias = _param(m.bias, b)
+    if isinstance(m, nn.Linear):
+        m.in_features, m.out_features = w.shape[1], w.shape[0]
+    else:
+        m.in_channels, m.out_channels = w.shape[1], w.shape[0]
+
+
+def _drop_noise(root: nn.Module, st: Structure) -> None:
+    """Remove the (folded) noise layers: erased from a GraphModule's graph, replaced by nn.Identity elsewhere."""
+    free = [name for name, node in st.noise_nodes.items() if st.kinds.get(node.name) == "noise"]
+    if isinstance(root, fx.GraphModule):
+        by_name = {n.name: n for n in root.graph.nodes}
+        for name in free:
+            node = by_name[st.noise_nodes[name].name]
+            node.replace_all_uses_with(node.args[0])
+            root.graph.erase_node(node)
+            root.delete_submodule(name)
+        containers = {name.rpartition(".")[0] for name in free} - {""}
+        for c in containers:
+            if c and not list(root.get_submodule(c).children()):
+                root.delete_submodule(c)
+        root.graph.lint()
+        root.recompile()
+        return
+    for name in free:
+        _set_submodule(root, name, nn.Identity())
+
+
+def fold_noise(model: nn.Module, example_input: Tensor | None = None) -> nn.Module:
+    """A deep copy of a BMRS network with every noise layer replaced by its eval-mode scale E[θ]·mask, folded
+    into the weights (rules of :func:`plan_folds`), so the copy has no noise layer and the same eval outputs.
+
+    NoisyBatchNorm2d (ResNet) becomes a BatchNorm2d with γ, β scaled; NoisyAttention (ViT) its
+    nn.MultiheadAttention with the output projection's rows and bias scaled; the other noise layers are found
+    by tracing (example_input, else model.example_input()). The architecture is unchanged (no unit is removed):
+    EigenDamage and the other baselines of the post-hoc protocol prune the folded network (option (b) of
+    folding the BMRS noise into a plain network for them).
+    """
+    new = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, m in list(new.named_modules()):
+            if isinstance(m, NoisyAttention):
+                s = unit_scale(m.noise, m.noise.num_units, m.attention.out_proj.weight.device)[0]
+                out = m.attention.out_proj
+                out.weight.mul_(_cast(s, out.weight).view(-1, 1))
+                if out.bias is not None:
+                    out.bias.mul_(_cast(s, out.bias))
+                _set_submodule(new, name, m.attention)
+        if not any(True for _ in noise_layers(new)):
+            return new
+        st = trace_structure(new, example_input_for(model, example_input), what="fold_noise")
+        _noise_called_once(st, model)
+        folds = plan_folds(st)
+        for reason in folds.values():
+            if isinstance(reason, str):
+                raise ValueError(f"fold_noise: {reason}")
+        return _rebuilt(new, st, folds, None)
+
+
+def _shrink_traced(model: nn.Module, example_input: Tensor | None) -> nn.Module:
+    """shrink() for any network bmrs.nn.graph.trace_structure can read (see the module docstring)."""
+    st = trace_structure(model, example_input_for(model, example_input), what="shrink")
+    _noise_called_once(st, model)
+    if st.bad_noise:
+        name, why = next(iter(st.bad_noise.items()))
+        raise _fail(model, f"noise layer '{name}': {why}")
+    for g in st.groups:
+        if g.noise and g.barriers:
+            raise _fail(model, f"the units of noise layer '{g.noise[0]}' reach {g.barriers[0]}, which shrink cannot "
+                               "narrow (attach_noise leaves such units without noise)")
+    folds = plan_folds(st)
+    for reason in folds.values():
+        if isinstance(reason, str):
+            raise _fail(model, reason)
+    scales = {name: unit_scale(_noise_module(model, name), _noise_module(model, name).num_units,
+                               torch.device("cpu"))[0] for name in folds}
+    zero = _zero_units(st, scales)
+    removable = {g.index: torch.zeros(g.width, dtype=torch.bool) for g in st.groups}
+    seen = {g.index: False for g in st.groups}
+    for name, src in st.consumer_inputs.items():
+        for seg, z in zip(st.layout[src.name][1], zero.get(src.name, [])):
+            if seg.space is None:
+                continue
+            removable[seg.space] = z.clone() if not seen[seg.space] else removable[seg.space] & z
+            seen[seg.space] = True
+    kept: dict[int, Tensor] = {}
+    for g in st.groups:
+        rem = removable[g.index] if seen[g.index] and not g.barriers else torch.zeros(g.width, dtype=torch.bool)
+        idx = torch.nonzero(~rem).flatten()
+        kept[g.index] = idx if idx.numel() else torch.zeros(1, dtype=torch.long)  # a zero placeholder unit
+    out = _rebuilt(model, st, folds, kept)
+    out.eval()
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
 # shrink / build / save / load
 # ------------------------------------------------------------------------------------------------
 
@@ -645,18 +1042,21 @@ _BUILDERS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
     "chain": _build_chain, "resnet": _build_resnet, "vit": _build_vit}
 
 
-def _plan(model: nn.Module) -> tuple[dict[str, Any], StateDict]:
+def _family(model: nn.Module) -> str | None:
+    """The dedicated planner of bmrs's own networks ("chain", "resnet", "vit"), or None for the traced path."""
     if isinstance(model, Classifier):
-        return _plan_chain(model)
+        return "chain"
     if isinstance(model, TorchvisionClassifier):
-        from torchvision.models import ResNet, VisionTransformer
+        from torchvision.models import ResNet, VisionTransformer  # deferred: torchvision is heavy to import
         if isinstance(model.net, ResNet):
-            return _plan_resnet(model)
+            return "resnet"
         if isinstance(model.net, VisionTransformer):
-            return _plan_vit(model)
-        raise ValueError(f"shrink does not support a TorchvisionClassifier around {type(model.net).__name__}; "
-                         f"supported: {SUPPORTED}")
-    raise ValueError(f"shrink does not support {type(model).__name__}; supported: {SUPPORTED}")
+            return "vit"
+    return None
+
+
+_PLANNERS: dict[str, Callable[[nn.Module], tuple[dict[str, Any], StateDict]]] = {
+    "chain": lambda m: _plan_chain(m), "resnet": lambda m: _plan_resnet(m), "vit": lambda m: _plan_vit(m)}
 
 
 def build(spec: dict[str, Any], state: StateDict) -> nn.Module:
@@ -674,14 +1074,25 @@ def build(spec: dict[str, Any], state: StateDict) -> nn.Module:
     return model.eval()
 
 
-def shrink(model: nn.Module) -> nn.Module:
+def shrink(model: nn.Module, example_input: Tensor | None = None) -> nn.Module:
     """A new dense network without noise layers and without pruned units whose eval-mode outputs equal
     those of `model` in eval mode (see the module docstring for the folding algebra).
 
-    `model` is not modified. The result is in eval mode, on model's device and dtype, and carries its
-    architecture dict as `.compact_architecture` (used by :func:`save_compact`)."""
+    bmrs's own networks (mlp, lenet5, resnet, vit) are rebuilt from a JSON-able architecture dict (carried as
+    `.compact_architecture`, used by :func:`save_compact`). Any other network with noise layers — what
+    bmrs.attach_noise returns, or a module with MultiplicativeNoise placed by hand — is traced with torch.fx
+    on `example_input` (default: model.example_input()) and narrowed module by module (a deep copy: same
+    class, same names; a GraphModule loses its noise nodes). `model` is not modified; the result is in eval
+    mode, on model's device and dtype."""
+    family = _family(model)
+    if family is None:
+        if not any(True for _ in noise_layers(model)):
+            raise ValueError(f"shrink found no noise layer in {type(model).__name__}: attach them with "
+                             f"bmrs.attach_noise(model, example_input) and train; supported: {SUPPORTED}")
+        with torch.no_grad():
+            return _shrink_traced(model, example_input)
     with torch.no_grad():
-        spec, state = _plan(model)
+        spec, state = _PLANNERS[family](model)
     spec = {"format_version": FORMAT_VERSION, **spec}
     return build(spec, state)
 
@@ -697,8 +1108,9 @@ def save_compact(model: nn.Module, directory: Path | str) -> Path:
     (loadable with torch.load(weights_only=True)); the JSON holds everything needed to rebuild the modules."""
     spec = getattr(model, "compact_architecture", None)
     if spec is None:
-        raise ValueError("save_compact needs a network returned by bmrs.nn.shrink.shrink or load_compact "
-                         "(it carries .compact_architecture)")
+        raise ValueError("save_compact rebuilds bmrs's own networks (mlp, lenet5, resnet, vit) from JSON and needs one "
+                         "returned by shrink or load_compact (it carries .compact_architecture); save a shrunk network "
+                         "of your own with torch.save(model, path)")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

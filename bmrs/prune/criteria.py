@@ -1,4 +1,5 @@
-"""Pruning criteria: one object per method of the paper (spec 3), each scoring every unit.
+"""Pruning criteria: one object per method of the paper (its Tables 1, 2 and
+Figure 2), each scoring every unit.
 
 A criterion gives, for every noise layer of a model, a float64 score per unit and a keep rule:
 
@@ -6,18 +7,19 @@ A criterion gives, for every noise layer of a model, a float64 score per unit an
 criterion      score                                 continuous-pruning rule (Tables 1, 2)   ranking
 =============  ====================================  ======================================  =========
 L2             ‖incoming weights‖₂ of the unit        prune a given global fraction (BMRS_N's) ascending
-ExpectedTheta  E_q[θ] (spec 2.5)                      prune iff E[θ] ≤ 0.1                    ascending
-SNR            E[θ]/√Var θ (spec 2.5)                 prune iff SNR ≤ 1                       ascending
-BMRSN          ΔF_N (spec 2.7)                        prune iff ΔF_N ≥ 0                      descending
-BMRSU          ΔF_U with p1, p2 = 23 (spec 2.8)       prune iff ΔF_U ≥ 0                      descending
+ExpectedTheta  E_q[θ]                                 prune iff E[θ] ≤ 0.1                    ascending
+SNR            E[θ]/√Var θ                            prune iff SNR ≤ 1                       ascending
+BMRSN          ΔF_N (Eq. 8)                           prune iff ΔF_N ≥ 0                      descending
+BMRSU          ΔF_U with p1, p2 = 23 (Eq. 10)         prune iff ΔF_U ≥ 0                      descending
 =============  ====================================  ======================================  =========
 
 `importance` turns every score into "larger = keep first" (−ΔF for the BMRS criteria), which is
 what post-training pruning ranks by; `stops` marks units a criterion refuses to prune whatever the
-budget (BMRS never prunes a unit with ΔF < 0, spec 4.5).
+budget (BMRS never prunes a unit with ΔF < 0, as in the released
+compression_vs_accuracy_separate.py).
 
 All statistics are computed in float64 from the posterior parameters, with σ = exp(clamp(log σ,
-−20, 5)) as in the noise layer (spec 2.10). The weights feeding each unit (for L2) are found by
+−20, 5)) as in the noise layer (the released code's clamp). The weights feeding each unit (for L2) are found by
 tracing the model (bmrs.nn.graph), so callers never name layers.
 """
 
@@ -124,7 +126,7 @@ class _PosteriorThreshold(Criterion):
 
 @dataclass(repr=False)
 class ExpectedTheta(_PosteriorThreshold):
-    """Prune iff E_q[θ] ≤ threshold (0.1 in the paper; absent from the released code, spec 2.12.5)."""
+    """Prune iff E_q[θ] ≤ threshold (0.1 in the paper; absent from the released code)."""
 
     threshold: float = 0.1
     name = "E[theta]"
@@ -148,7 +150,7 @@ class SNR(_PosteriorThreshold):
 
 @dataclass(repr=False)
 class BMRSN(Criterion):
-    """Prune iff ΔF_N ≥ 0 (spec 2.7). include_2pi=False is the released code's variant."""
+    """Prune iff ΔF_N ≥ 0 (paper Eq. 8). include_2pi=False is the released code's variant."""
 
     include_2pi: bool = True
     prior_sigma: float = 1e-6
@@ -173,9 +175,10 @@ class BMRSN(Criterion):
 
 @dataclass(repr=False)
 class BMRSU(Criterion):
-    """Prune iff ΔF_U ≥ 0 for the reduced prior LogU[2^-p2, 2^-p1] (spec 2.8).
+    """Prune iff ΔF_U ≥ 0 for the reduced prior LogU[2^-p2, 2^-p1] (paper Eq. 10, 15).
 
-    clamp_mu=True clamps μ to [a, b] before evaluating, as the released code does (spec 2.8).
+    clamp_mu=True clamps μ to [a, b] before evaluating, as the released code does
+    (LogUniformCDFBMRPruningLayer in modules/layers.py).
     """
 
     p1: float = 8
@@ -221,7 +224,7 @@ class PruningResult:
 
     @property
     def structure_compression(self) -> float:
-        """Fraction of prunable units removed (spec 4.6, 'structure (neuron) compression')."""
+        """Fraction of prunable units removed (the paper's 'structure (neuron) compression')."""
         return 1.0 - self.units_kept / max(self.units_total, 1)
 
 
@@ -243,16 +246,17 @@ def current_result(model: nn.Module) -> PruningResult:
 
 
 def apply_criterion(model: nn.Module, criterion: Criterion, *, example_input: Tensor | None = None) -> PruningResult:
-    """Recompute every noise layer's mask from scratch with the criterion's fixed rule (spec 2.9)."""
+    """Recompute every noise layer's mask from scratch with the criterion's fixed rule (Algorithm 1)."""
     scores = criterion.scores(model, example_input)
     return set_masks(model, {name: criterion.keep(s) for name, s in scores.items()})
 
 
 def global_keep_masks(scores: dict[str, Tensor], criterion: Criterion, fraction: float) -> dict[str, Tensor]:
-    """Prune the globally least important `fraction` of units (one threshold across layers, spec 3).
+    """Prune the globally least important `fraction` of units (one threshold across layers, as the
+    released code's set_masks).
 
     Units the criterion `stops` (BMRS: ΔF < 0) are never pruned, so BMRS curves end at their own
-    stopping point (spec 4.5). Ties are broken by order, so exactly round(fraction·N) units go
+    stopping point. Ties are broken by order, so exactly round(fraction·N) units go
     (fewer if the criterion stops earlier).
     """
     if not 0.0 <= fraction <= 1.0:
@@ -276,6 +280,6 @@ def prune_to_fraction(model: nn.Module, criterion: Criterion, fraction: float, *
 
 
 def threshold_table(p1_values=(16, 12, 11, 8, 6, 4, 2, 1), p2: float = 23) -> dict[float, float]:
-    """BMRS_U pruning thresholds on the posterior mass of [2^-p2, 2^-p1] (spec 2.8 table)."""
+    """BMRS_U pruning thresholds on the posterior mass of [2^-p2, 2^-p1] (paper Eq. 15; notebook 01, section 4)."""
     return {p1: bmrs_u_threshold(p1, p2) for p1 in p1_values}
 

@@ -1,10 +1,11 @@
-"""Dirichlet pruning (Adamczewski & Park, AISTATS 2021) as a criterion on the units BMRS prunes (spec B, C).
+"""Dirichlet pruning (Adamczewski & Park, AISTATS 2021) as a criterion on the units BMRS prunes
+(arXiv:2011.05985; the authors' code ``kamadforge/dirichlet_pruning``).
 
 The method
     Every prunable layer l with D_l units gets a *switch vector* s_l on the simplex Δ^{D_l-1} that
     scales the unit outputs, h̃_{l,j} = s_{l,j} · h_{l,j}. With the pretrained weights W fixed, only the
     switch distribution is learned: the prior is p(s_l) = Dir(α₀·1) and the variational posterior is
-    q(s_l) = Dir(φ_l) with φ_l = softplus(θ_l), θ_l ∈ R^{D_l} free (spec B.1). A unit's importance is
+    q(s_l) = Dir(φ_l) with φ_l = softplus(θ_l), θ_l ∈ R^{D_l} free. A unit's importance is
     its posterior mean E_q[s_{l,j}] = φ_{l,j}/φ_{l,0}, with φ_{l,0} = Σ_j φ_{l,j}.
 
 Here
@@ -12,81 +13,85 @@ Here
     :class:`~bmrs.nn.noise.MultiplicativeNoise`, i.e. after the nonlinearity in the MLP and LeNet5, after
     BatchNorm in the ResNets, on the block outputs in the ViT). They act on the BMRS-trained network
     with every weight and noise parameter frozen and the whole network in eval mode (noise = the fixed
-    per-unit scale E[θ]·mask, BatchNorm running statistics), which is the base network (b) of spec C.2.
+    per-unit scale E[θ]·mask, BatchNorm running statistics), which is the network the BMRS runs evaluate
+    (the post-hoc protocol of :mod:`bmrs.run.posthoc`).
     Sampled switches are rescaled by D_l, u_l = D_l · s_l, so the prior mean is the identity and the
     pretrained network is unchanged at initialisation.
 
-The objective (spec B.5.1 item 4), minimised per minibatch of B examples with K samples per switch:
+The objective (the per-example ELBO), minimised per minibatch of B examples with K samples per switch:
 
     L(θ) = (1/K) Σ_k  CE_mean( f(x; u^(k)), y )  +  Σ_l KL( Dir(φ_l) ‖ Dir(α₀·1) ) / N_train,
 
     KL( Dir(φ) ‖ Dir(α₀·1) ) = log Γ(φ₀) − log Γ(D α₀) − Σ_j log Γ(φ_j) + D log Γ(α₀)
-                               + Σ_j (φ_j − α₀)(ψ(φ_j) − ψ(φ₀))                       (spec B.1).
+                               + Σ_j (φ_j − α₀)(ψ(φ_j) − ψ(φ₀))   (the closed form of the authors' code).
 
 Scores
     ``layer_scores`` returns the size-normalised importance D_l · φ_j/φ₀ (1 = "as important as a uniform
-    share"; spec B.5.1 item 6), so one global threshold across layers (``prune_to_fraction``,
+    share"), so one global threshold across layers (``prune_to_fraction``,
     ``post_training_sweep``) makes sense. ``allocation="uniform"`` returns within-layer rank quantiles
-    instead, which a global threshold turns into the same pruning fraction in every layer (the
-    ablation of spec C.2).
+    instead, which a global threshold turns into the same pruning fraction in every layer (an
+    ablation).
 
-Deviations from the authors' code (``kamadforge/dirichlet_pruning``), each with its spec item
+Deviations from the authors' code (``kamadforge/dirichlet_pruning``)
+    (its ``methods/lenet5_switch_integral.py`` and ``methods/main2vgg_switch_integral_work.py`` train the switches,
+    ``Lenet/lenet_network_pruning.py`` drives the LeNet runs)
     1. Placement: switches after each noise layer, i.e. after the nonlinearity (after BN in the ResNets),
        never in front of a BatchNorm; the code puts them right after the conv, before pool/ReLU/BN
-       (B.5.1 item 2, B.7 #2, B.2).
+       (lenet5_switch_integral.py, main2vgg_switch_integral_work.py), where a train-mode BN cancels the switch.
     2. The whole network is in eval mode while the switches train (BN running statistics are neither
        used for normalisation nor updated, dropout is off, noise is E[θ]·mask); the code trains with BN
-       in train mode, which cancels a per-channel scale and updates the running statistics
-       (B.5.1 item 1, B.7 #2).
+       in train mode, which cancels a per-channel scale and updates the running statistics.
     3. Weights are frozen with ``requires_grad_(False)`` and only the switch parameters are given to the
        optimiser, so no weight decay or momentum touches them; every flag and module mode is restored
-       afterwards and the model is left bit-identical (B.7 #4; the code zeroes gradients by hooks and
+       afterwards and the model is left bit-identical (the code zeroes gradients by hooks and
        decays the "frozen" weights with SGD + wd 5e-4 for VGG/WRN).
     4. Switch samples are rescaled by D_l (prior mean = identity); the code uses s directly and the
-       network starts at ~1/D_l of its activations (11–14 % accuracy on the 99.27 % LeNet)
-       (B.5.1 item 3, B.7 #3).
+       network starts at ~1/D_l of its activations (11–14 % accuracy on the 99.27 % LeNet,
+       by the comments of lenet5_switch_integral.py).
     5. Likelihood: the mean over the K samples of the per-sample cross-entropy, a proper Monte-Carlo
        estimate of the expected log-likelihood; the code averages the logits over samples before the
-       cross-entropy (B.5.1 item 3, B.7 #8). ``code_faithful=True`` restores the logit average.
+       cross-entropy. ``code_faithful=True`` restores the logit average.
     6. Samples and examples are paired correctly: the K samples are stacked sample-major along the
        batch axis, row k·B + b = (sample k, example b), and logits are read back as (K, B, classes);
        the code reshapes them as (B, K, classes) and so averages the logits of *different* examples
-       and pairs them with one label (B.7 #8). Fixed in both variants.
+       and pairs them with one label (lenet5_switch_integral.py, main2vgg_switch_integral_work.py). Fixed in both
+       variants.
     7. KL weight 1/N_train (the per-example ELBO); the code uses β(epoch)·KL/batch_size with
-       β(e) = min(e, 1.6e6)/1.6e6, an effective weight of ~1e-8 (B.5.1 item 4, B.7 #1).
+       β(e) = min(e, 1.6e6)/1.6e6, an effective weight of ~1e-8.
        ``code_faithful=True`` restores β(e)/batch_size (epochs counted from 1, the LeNet scripts).
     8. All layers' switches are trained jointly in one run; the code trains one layer per run
-       (reloading the checkpoint each time) (B.5.1 item 5, B.2). ``joint=False`` or
+       (reloading the checkpoint each time, lenet_network_pruning.py). ``joint=False`` or
        ``code_faithful=True`` trains layer by layer; the choice is recorded in ``variant``.
     9. Optimiser: Adam, lr 1e-3, on the switch parameters only, for every network; the code uses Adam
-       1e-3 for LeNet but SGD 0.1 (momentum 0.9, wd 5e-4) for VGG/WRN (B.5.1 item 5, B.2).
+       1e-3 for LeNet but SGD 0.1 (momentum 0.9, wd 5e-4) for VGG/WRN.
     10. Initialisation θ = softplus⁻¹(1) (φ = 1, the neutral choice); the code uses θ = −1 (LeNet) or
-        0.05 (VGG) (B.5.1 item 2, B.2). ``code_faithful=True`` uses −1 unless ``theta_init`` is given.
+        0.05 (VGG). ``code_faithful=True`` uses −1 unless ``theta_init`` is given.
     11. α₀ = 0.5 (the VGG code default, sparsity-encouraging) is the main setting and α₀ = 2 (the LeNet
-        code default) the ablation (B.5.1 item 4, B.2).
+        code default) the ablation.
     12. K = 5 samples (the LeNet switch file's default; its driver passes 150, the VGG script 3) and 3
-        epochs (the code's ``epochs_num``) (B.2, B.5.1 item 5).
+        epochs (the code's ``epochs_num``).
     13. Gamma draws are normalised in log space, s = softmax(log g), with φ clamped ≥ 1e-3. log g is the
         log of ``Gamma(φ, 1).rsample`` (implicit reparameterisation) where φ ≥ 0.25; below, where raw
         float32 draws underflow (torch clamps them at ~1e-38, for φ = 1e-3 nine times in ten), it is
         log G(φ+1) + log(U)/φ with G(φ+1) ~ Gamma(φ+1, 1) by ``rsample`` and U ~ U(0, 1), exactly
         Gamma(φ) (G(φ)·U^{1/φ} ~ Gamma(φ)). The code normalises raw Gamma samples, which underflow for
-        small φ ("sum of gamma samps are zero!") (B.7 #11). ``log_space_sampling=False`` normalises
-        plain ``Gamma(φ, 1).rsample`` draws with an ε, as the spec suggests.
-    14. Cross-layer allocation: a global threshold on D_l·E_q[s_j] (B.5.1 item 6); in the code the
-        per-layer keep counts are a manual (grid-searched) input (B.3). The paper's own rule is
-        unknown ([U]). ``allocation="uniform"`` gives the uniform-per-layer-fraction ablation.
+        small φ ("sum of gamma samps are zero!", lenet5_switch_integral.py). ``log_space_sampling=False`` normalises
+        plain ``Gamma(φ, 1).rsample`` draws with an ε.
+    14. Cross-layer allocation: a global threshold on D_l·E_q[s_j]; in the code the
+        per-layer keep counts are a manual (grid-searched) input (``--arch`` of lenet_network_pruning.py). The paper's
+        own rule is not stated. ``allocation="uniform"`` gives the uniform-per-layer-fraction ablation.
     15. Pruning uses the project's noise-layer masks (and compaction), with the same post-pruning
-        budget as every other method (spec C.1, C.2: 1 epoch of Adam fine-tuning per level); the code
-        zeroes weights, biases and BN γ/β by hand and fine-tunes with early stopping (B.3).
+        budget as every other method (the BMRS protocol: 1 epoch of Adam fine-tuning per level); the code
+        zeroes weights, biases and BN γ/β by hand and fine-tunes with early stopping (lenet_network_pruning.py).
     16. No selection on the test set: switches train on the training split only, diagnostics use the
-        validation split (B.7 #6).
+        validation split (the code stops early and selects on the test set).
     17. The "integral" (sampling) variant, with the KL on φ; the LeNet script's default is the point
-        estimate, whose KL is taken on φ/φ₀ (B.1, B.7 #9).
+        estimate, whose KL is taken on φ/φ₀ (lenet5_switch_pointest.py).
     18. The base network is the BMRS-trained MLP/LeNet5 (ReLUs between the FC layers, noise folded in as
-        E[θ]·mask), not the authors' LeNet 10-20-100-25 without FC nonlinearities (B.7 #10, C.2 (b)).
+        E[θ]·mask), not the authors' LeNet 10-20-100-25 without FC nonlinearities
+        (models/lenet5.py).
 
-``code_faithful=True`` (spec B.5.2, a sanity check only) switches deviations 5, 7, 8 and 10 back to the
+``code_faithful=True`` (a sanity check only) switches deviations 5, 7, 8 and 10 back to the
 code. Not reproduced even then, because they would change the base network or make the switches
 unidentifiable: BN in train mode, the code's switch placement, un-rescaled switches and the
 sample/example mix-up (items 1, 2, 4, 6).
@@ -116,19 +121,21 @@ from bmrs.util.progress import progress
 __all__ = ["BOOST_BELOW", "SOFTPLUS_INV_ONE", "CODE_BETA_DENOMINATOR", "Dirichlet", "DirichletSwitch", "code_beta",
            "dirichlet_kl", "log_gamma_rsample", "mc_cross_entropy"]
 
-#: θ with softplus(θ) = 1: the neutral initialisation of spec B.5.1 item 2.
+#: θ with softplus(θ) = 1: the neutral initialisation (deviation 10).
 SOFTPLUS_INV_ONE = math.log(math.e - 1.0)
-#: The LeNet scripts' KL annealing denominator, β(e) = min(e, 8000·200)/(8000·200) (spec B.2).
+#: The LeNet scripts' KL annealing denominator, β(e) = min(e, 8000·200)/(8000·200) (lenet5_switch_integral.py).
 CODE_BETA_DENOMINATOR = 8000 * 200
 
 
 def code_beta(epoch: int) -> float:
-    """The code's KL weight factor β(e) for epoch e counted from 1 (LeNet scripts, spec B.2)."""
+    """The code's KL weight factor β(e) for epoch e counted from 1 (the authors' LeNet
+    scripts, methods/lenet5_switch_integral.py)."""
     return min(float(epoch), CODE_BETA_DENOMINATOR) / CODE_BETA_DENOMINATOR
 
 
 def dirichlet_kl(phi: Tensor, alpha0: float | Tensor) -> Tensor:
-    """KL( Dir(φ) ‖ Dir(α₀·1) ) over the last axis of phi (closed form of spec B.1), differentiable.
+    """KL( Dir(φ) ‖ Dir(α₀·1) ) over the last axis of phi (the closed form of the
+    module docstring), differentiable.
 
     Evaluated in float64 with lgamma/digamma (exact for φ down to the 1e-3 clamp and far beyond) and
     returned in phi's dtype. alpha0 is a positive scalar, or a tensor broadcastable to phi.shape[:-1]
@@ -177,9 +184,9 @@ def mc_cross_entropy(logits: Tensor, y: Tensor, samples: int, *, average_logits:
     """Monte-Carlo cross-entropy of K = `samples` stacked forward passes.
 
     logits has K·B rows laid out sample-major (row k·B + b = sample k of example b, as produced by
-    :class:`DirichletSwitch`); y has the B labels. Returns (1/K) Σ_k CE_mean(logits_k, y) (spec B.5.1
-    item 3), or with ``average_logits`` the code's CE of the sample-averaged logits (B.7 #8, with the
-    example/sample pairing fixed).
+    :class:`DirichletSwitch`); y has the B labels. Returns (1/K) Σ_k CE_mean(logits_k, y)
+    (deviation 5), or with ``average_logits`` the code's CE of the sample-averaged logits (with the
+    example/sample pairing fixed: deviation 6).
     """
     b = y.shape[0]
     if logits.dim() != 2 or logits.shape[0] != samples * b:
@@ -200,13 +207,13 @@ class DirichletSwitch(nn.Module):
             (N, F) and (N, C, H, W), -1 for (N, T, D).
         samples: K, the Monte-Carlo samples drawn per forward pass in training mode.
         theta_init: initial θ (default softplus⁻¹(1), so φ = 1).
-        rescale: multiply s by D so that the prior mean is the identity (spec B.5.1 item 3).
-        min_concentration: lower clamp of φ (spec B.7 #11).
+        rescale: multiply s by D so that the prior mean is the identity (deviation 4).
+        min_concentration: lower clamp of φ (deviation 13).
         log_space_sampling: normalise log Gamma draws with a softmax, boosted where φ < 0.25 (default,
             see :func:`log_gamma_rsample`), or plain ``Gamma(φ, 1).rsample`` draws with an ε (the code's way).
 
     Training mode draws K samples u^(1..K) and returns K·B rows stacked sample-major: row k·B + b is
-    example b scaled by sample k, so example b keeps its label in every sample (spec B.7 #8). The input
+    example b scaled by sample k, so example b keeps its label in every sample (deviation 6). The input
     may have B rows (it is then broadcast over the samples) or already K·B rows (a switch further down
     the network); pass ``batch_size=B`` to disambiguate, otherwise K·B rows are assumed. Eval mode
     multiplies by the posterior mean D·φ/φ₀ (or φ/φ₀ without rescaling) and keeps the batch size.
@@ -348,16 +355,16 @@ def _split_of(data: Any, which: str) -> Any:
 
 @dataclass(repr=False, eq=False)
 class Dirichlet(Criterion):
-    """Dirichlet pruning: importance D_l·E_q[s_j] of switches trained on the frozen network (spec B.5.1).
+    """Dirichlet pruning: importance D_l·E_q[s_j] of switches trained on the frozen network (the module docstring).
 
     Call ``fit(model, data, device=..., seed=...)`` once per trained model (``post_training_sweep``
     does), then use it like any other criterion (``scores``, ``prune_to_fraction``). ``data`` is a
     :class:`bmrs.run.data.DataBundle` (its ``train`` split trains the switches, ``val`` gives diagnostics)
     or a bare split. After ``fit``: ``importance_`` and ``concentration_`` ({noise layer name: float64
-    tensor}) and ``variant`` (a JSON-ready record of every setting and check, spec C.5).
+    tensor}) and ``variant`` (a JSON-ready record of every setting and check).
 
     Args:
-        alpha0: prior concentration α₀ (0.5 main, 2.0 ablation; spec B.5.1 item 4).
+        alpha0: prior concentration α₀ (0.5 main, 2.0 ablation; deviation 11).
         samples: K Monte-Carlo samples per step.
         epochs: passes over the training split (per layer when layer by layer).
         lr: Adam learning rate (switch parameters only).
@@ -365,7 +372,7 @@ class Dirichlet(Criterion):
         theta_init: initial θ; None = softplus⁻¹(1) (φ = 1), or −1 (the LeNet code's) when code_faithful.
         rescale: switches are D_l·s (prior mean = identity).
         joint: train all layers' switches together (None = True unless code_faithful).
-        code_faithful: spec B.5.2's meaningful knobs: layer-by-layer training, KL weight β(e)/batch,
+        code_faithful: the code's settings that keep the switches identifiable: layer-by-layer training, KL weight β(e)/batch,
             logits averaged over samples, θ₀ = −1 (a sanity check, not the baseline).
         allocation: "global" (score D_l·φ_j/φ₀, one threshold across layers) or "uniform" (within-layer
             rank quantiles: every layer loses the same fraction).
@@ -516,8 +523,8 @@ class Dirichlet(Criterion):
         moved = all(delta[n] > 1e-6 and spread[n] > 0 for n in layers)
         if not moved:
             stuck = [n for n in layers if not (delta[n] > 1e-6 and spread[n] > 0)]
-            warnings.warn(f"Dirichlet switches of layers {stuck} did not move from their initial values (spec B.7 "
-                          "#12); their ranking is arbitrary. Train longer (epochs) or with a larger lr",
+            warnings.warn(f"Dirichlet switches of layers {stuck} did not move from their initial values (as "
+                          "third-party reproductions of the method report); their ranking is arbitrary. Train longer (epochs) or with a larger lr",
                           RuntimeWarning, stacklevel=2)
         self.variant = self._describe(seed=seed, n_train=n_train, device=device) | record | {
             "runs": run_stats,
@@ -530,7 +537,7 @@ class Dirichlet(Criterion):
     def _describe(self, *, seed: int, n_train: int, device: torch.device) -> dict[str, Any]:
         return {
             "method": "Dirichlet pruning (Adamczewski & Park 2021)",
-            "objective": "code-faithful (spec B.5.2)" if self.code_faithful else "ELBO, faithful in spirit (spec B.5.1)",
+            "objective": "code-faithful (a sanity check)" if self.code_faithful else "ELBO, faithful in spirit",
             "alpha0": float(self.alpha0),
             "samples": int(self.samples),
             "epochs": int(self.epochs),
@@ -542,7 +549,7 @@ class Dirichlet(Criterion):
                            else "mean over the K samples of the per-sample cross-entropy"),
             "kl_weight": (f"beta(epoch)/batch_size, beta(e) = min(e, {CODE_BETA_DENOMINATOR})/{CODE_BETA_DENOMINATOR}"
                           if self.code_faithful else "1/N_train"),
-            "sample_example_pairing": "sample-major (K, B) stacking; the code's mix-up (spec B.7 #8) fixed",
+            "sample_example_pairing": "sample-major (K, B) stacking; the code's sample/example mix-up fixed",
             "rescale": "D_l * s (prior mean = identity)" if self.rescale else "s (no rescaling)",
             "theta_init": float(self.theta_init),
             "phi_init": float(F.softplus(torch.tensor(float(self.theta_init), dtype=torch.float64))),
@@ -552,7 +559,7 @@ class Dirichlet(Criterion):
             "min_concentration": float(self.min_concentration),
             "placement": "after every MultiplicativeNoise layer (after the nonlinearity; after BN in ResNets)",
             "bn_mode": "eval (running statistics, frozen)",
-            "base_network": "BMRS-trained network, noise as the fixed per-unit scale E[theta]*mask (spec C.2 (b))",
+            "base_network": "BMRS-trained network, noise as the fixed per-unit scale E[theta]*mask",
             "importance": "D_l * phi_j / phi_0 (size-normalised posterior mean)",
             "allocation": ("global threshold on D_l * E_q[s_j]" if self.allocation == "global"
                            else "uniform per-layer fraction (within-layer rank quantiles)"),

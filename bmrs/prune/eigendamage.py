@@ -1,43 +1,48 @@
 """EigenDamage (Wang et al., ICML 2019) and its parameter-coordinate sibling C-OBD, as BMRS baselines.
 
-Spec: ``baselines_spec.md`` part A (A.1–A.13) and the protocol of part C. Section numbers below refer to it.
+EigenDamage: Wang, Grosse, Fidler & Zhang, ICML 2019 (arXiv:1905.05934); the authors' code
+``alecwangcq/EigenDamage-Pytorch`` (``pruner/kfac_eigen_pruner.py`` = EigenDamage, ``pruner/fisher_diag_pruner.py``
+= C-OBD, ``main_prune.py`` = the schedules and fine-tuning). File names below refer to that repository.
 
-EigenDamage (spec A.3–A.8)
+EigenDamage (``pruner/kfac_eigen_pruner.py``)
     1. :func:`collect_kfac` — K-FAC factors per Linear/Conv2d layer from one statistics pass in eval mode
        with labels sampled from the model's own softmax (true Fisher), float64. Linear layers:
        ``A = E[ā āᵀ]`` (ā = [a; 1] with a bias), ``S = E[Ds Dsᵀ]`` with ``Ds = ∂ℓ_n/∂s``. Conv layers use
        the "patch/channel" variant: every kernel offset's channel vector is one sample, with the constant
        ``1/P`` appended for the bias, ``A_c = (1/N)(1/P) Σ_n Σ_t Σ_p ā āᵀ`` (C_in(+1) square) and
        ``S = (1/N)(1/|T|) Σ_n Σ_t Ds Dsᵀ``. Inputs come from forward hooks, ``Ds`` from tensor hooks on the
-       layer outputs (``output.register_hook``, spec A.12.2), rescaled by the batch size (the loss is the
+       layer outputs (``output.register_hook``, not the code's deprecated ``register_backward_hook``), rescaled by the batch size (the loss is the
        batch mean). Every layer is normalised per example in the same way, so the constant shared by all
-       layers cancels in the global threshold (A.3, A.12.6).
+       layers cancels in the global threshold.
     2. :func:`eigen_basis` / :func:`rotate_and_score` — ``A = Q_A Λ_A Q_Aᵀ``, ``S = Q_S Λ_S Q_Sᵀ``
        (``torch.linalg.eigh``, eigenvalues below 1e-10 set to 0), ``W* = Q_Sᵀ W Q_A`` per kernel offset,
        ``I = W*² ⊙ λ_S λ_Aᵀ`` summed over the offsets, row scores ``r_i = Σ_j I_ij`` (output eigen-neurons)
        and column scores ``c_j = Σ_i I_ij`` (input eigen-channels). ``½ r_i`` and ``½ c_j`` are the increases
-       of the K-FAC quadratic model when the row/column of W* is zeroed (A.4; checked in the tests).
+       of the K-FAC quadratic model when the row/column of W* is zeroed (checked in the tests).
     3. :func:`select` — one global threshold ``τ = sorted[int(p·len)]`` over the rows and columns of all
        scored layers (every Linear/Conv2d except the classifier = the last one in module order), keep
-       ``score > τ``, per-layer cap (0.95 one-pass, 0.5 iterative) and at least one unit kept (A.5).
+       ``score > τ``, per-layer cap (0.95 one-pass, 0.5 iterative) and at least one unit kept (``prune_ratio_limit`` of the configs).
     4. :class:`EigenBottleneck` — rotate → core → rotate; the bias enters through a constant input of
        the first rotation; the core keeps the conv's stride, padding, dilation; rotations are trainable
-       ``nn.Parameter`` s (A.6). A layer stays dense when the bottleneck would have more parameters than it
-       (the size check of A.5.4).
+       ``nn.Parameter`` s (``fix_rotation: false`` in the configs). A layer stays dense when the bottleneck would have
+       more parameters than it (the code's size check).
     5. :class:`EigenDamage` — ``fit`` (statistics + eigenbases, once), ``prune`` (a new model for any
-       ratio, scores shared across ratios, C.2), ``iterative`` (rounds of ratio 0.5 / cap 0.5 with factors
-       recomputed on the cores and the new bases merged into the old rotations, A.8, A.12.11).
-    6. :func:`recalibrate_bn` (A.7), :func:`count_parameters` (rotations included, A.6/A.12.9/C.3),
-       :func:`count_macs` (input rotation at the input resolution, A.6/A.12.13).
+       ratio, scores shared across ratios), ``iterative`` (rounds of ratio 0.5 / cap 0.5 with factors
+       recomputed on the cores and the new bases merged into the old rotations, as the code's ``_merge_Qs``).
+    6. :func:`recalibrate_bn` (the code's ``stablize_bn``). Parameters and MACs are counted by
+       bmrs.nn.measure.count_parameters (rotations included, as the authors count them: frozen ones through
+       :meth:`EigenBottleneck.counted_buffers`) and bmrs.nn.measure.count_macs (the rotations' matmuls, the
+       input rotation at the input resolution, as ``utils/compute_flops.py``) — one convention for every
+       network of the project.
 
-    EigenDamage operates on a PLAIN network. :func:`fold_noise` turns a BMRS-trained network into one:
-    every MultiplicativeNoise is replaced by its test-time scale E[θ]·mask folded into the weights (spec C.2
-    option (b)): into the next Linear/Conv's input columns for the MLP/LeNet5 (noise after Tanh/ReLU;
+    EigenDamage operates on a PLAIN network. bmrs.nn.shrink.fold_noise (re-exported here) turns a BMRS-trained
+    network into one: every MultiplicativeNoise is replaced by its test-time scale E[θ]·mask folded into the
+    weights (the network the BMRS runs evaluate) by the folding rules shrink uses: into the next Linear/Conv's input columns for the MLP/LeNet5 (noise after Tanh/ReLU;
     positive scales commute with ReLU and max-pool; a flattened conv channel owns a block of columns),
     into the preceding layer's rows where a Linear/Conv feeds the noise directly (ViT MLP), into
     γ and β of the BatchNorm for the ResNets, and into the attention output projection for the ViT.
 
-C-OBD (spec A.10.1)
+C-OBD (the EigenDamage paper's diagonal-Fisher baseline, ``pruner/fisher_diag_pruner.py``)
     :class:`COBD` is a :class:`bmrs.prune.criteria.Criterion` on the units BMRS prunes (the noise layers'
     units). ``fit`` computes the diagonal Fisher ``F_qq = E[(∂ℓ_n/∂θ_q)²]`` of every producer weight (and
     bias) from exact per-example gradients in closed form (``Ds_n ā_nᵀ`` for Linear, ``Σ_t Ds_{n,t} ā_{n,t}ᵀ``
@@ -46,44 +51,44 @@ C-OBD (spec A.10.1)
     folded network). A unit's score is ``Σ_{q ∈ its producer row, bias included} θ_q² F_qq`` (no ½, no
     weight update), so the project's post-training sweep and masks apply unchanged.
 
-Deviations from the authors' code (``alecwangcq/EigenDamage-Pytorch``), by spec section
-    * A.7 / A.9 / C.2: no 150-epoch SGD fine-tuning per pruning level. The comparison protocol gives every
-      method the same post-pruning budget (1 epoch of Adam as in BMRS, C.1/C.2); fine-tuning is whatever
+Deviations from the authors' code (``alecwangcq/EigenDamage-Pytorch``)
+    * No 150-epoch SGD fine-tuning per pruning level (``main_prune.py``). The comparison protocol gives every
+      method the same post-pruning budget (1 epoch of Adam as in BMRS, :mod:`bmrs.run.posthoc`); fine-tuning is whatever
       callable the caller passes (``EigenDamage.iterative(finetune=...)``).
-    * A.7 / A.12.1: no best-on-test selection; callers select on the validation split or report the
+    * No best-on-test selection (the code reports the best test accuracy over the epochs); callers select on the validation split or report the
       final epoch.
-    * A.3 / A.13 (ResNet note): the factors use one full pass over the training split by default;
+    * The factors use one full pass over the training split by default;
       ``n_batches`` (``EigenDamage.fit``) and ``max_batches`` (``COBD``) restrict them to the first batches
       of a seeded shuffle — record it when used.
-    * A.3: factors are per-example means (``1/N`` over all examples) instead of per-batch means summed
+    * Factors are per-example means (``1/N`` over all examples) instead of per-batch means summed
       over batches. Both are one constant shared by all layers (the ranking is unchanged up to the uneven
       last batch); the eigenvalue floor of 1e-10 therefore acts on the mean scale.
-    * A.3: no data augmentation during the statistics pass — the BMRS MLP/LeNet5 pipelines have none.
-    * A.5.3: when a layer would keep no unit, the highest-scoring unit is kept. The code falls back to
+    * No data augmentation during the statistics pass — the BMRS MLP/LeNet5 pipelines have none.
+    * When a layer would keep no unit, the highest-scoring unit is kept. The code falls back to
       index 0, the direction with the *smallest* eigenvalue in ``eigh`` order, and also replaces a single
       survivor by index 0.
-    * A.6: a conv with a bias and padding is rebuilt by padding its input *before* the input rotation (the
-      constant 1/P channel is present in the border, exactly as in the statistics of A.3), and the core
+    * A conv with a bias and padding is rebuilt by padding its input *before* the input rotation (the
+      constant 1/P channel is present in the border, exactly as in the statistics), and the core
       runs without padding; with nothing pruned the bottleneck then equals the original conv everywhere.
       The code pads after the rotation, so near the border the bias is scaled by the fraction of offsets
       inside the image. This matters for neither the BMRS LeNet5 (no padding) nor VGG/ResNet (no conv
       bias). Non-zero padding modes are handled the same way.
-    * A.6: grouped convolutions (groups > 1) are not scored and stay dense (the channel-variant factors
+    * Grouped convolutions (groups > 1) are not scored and stay dense (the channel-variant factors
       and the rotations are defined for groups = 1); dilation is honoured in the patch extraction (the
       code's patch extractor ignores it).
-    * A.7: :func:`recalibrate_bn` switches only the BatchNorm layers to train mode (dropout and any noise
+    * :func:`recalibrate_bn` switches only the BatchNorm layers to train mode (dropout and any noise
       stay in eval mode); ``reset=True`` replaces the running averages by exact cumulative statistics.
-    * A.10.1: C-OBD units are masked through the noise layers and ranked by the project's
+    * C-OBD units are masked through the noise layers and ranked by the project's
       ``global_keep_masks`` (exactly ``round(fraction·N)`` units, one threshold), like every other
-      criterion of the sweep; the per-layer cap and keep-one rule of A.5 are not applied to C-OBD.
+      criterion of the sweep; the per-layer cap and keep-one rule of EigenDamage are not applied to C-OBD.
       Its per-example gradients are exact (closed forms); batch size 64 as in the code.
-    * C.2: for BMRS-trained networks we use option (b): :func:`fold_noise` (E[θ] of the truncated
+    * For BMRS-trained networks the base is the trained network itself: :func:`fold_noise` (E[θ] of the truncated
       log-normal times the mask, folded into the weights).
     * The K-FAC label sampling draws from a CPU ``torch.Generator`` seeded by ``seed`` (reproducible on
       CPU and CUDA alike).
 
 Notes for the BMRS networks
-    * The size check (A.5.4) and the per-layer cap interact strongly with small, wide-input layers. A
+    * The size check and the per-layer cap interact strongly with small, wide-input layers. A
       rebuilt layer pays d_in'·r_in for its input rotation, so a Linear(1024 → 50) only shrinks when
       r_in < ~50, i.e. when more than 95% of its input eigen-channels go — the one-pass cap of 0.95
       never allows that, and the MLP's first layer (most of its parameters) stays dense at every ratio.
@@ -91,7 +96,7 @@ Notes for the BMRS networks
       settings (0.5, cap 0.5) no fully connected layer of LeNet5 and no MLP layer can ever pass the size
       check (e.g. LeNet5's fc1 needs r_in ≤ 88 of 401 at r_out = 60); only the convolutions can shrink.
       ``cap`` is a parameter of ``prune``/``iterative`` for anyone exploring beyond the paper's values.
-    * Cost (C.4): the largest factor is the MLP's 1025×1025 A; scoring takes seconds on a CPU.
+    * Cost: the largest factor is the MLP's 1025×1025 A; scoring takes seconds on a CPU.
 """
 
 from __future__ import annotations
@@ -106,13 +111,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bmrs.prune.criteria import Criterion
 from bmrs.nn.graph import UnitGroup, trace_unit_groups
-from bmrs.nn.models import NoisyAttention, NoisyBatchNorm2d
+from bmrs.nn.measure import count_parameters
 from bmrs.nn.noise import MultiplicativeNoise, noise_layers
+from bmrs.nn.shrink import fold_noise  # re-exported: the baselines' way from a BMRS network to a plain one
+from bmrs.prune.criteria import Criterion
 from bmrs.util.batches import iterate_batches
 
-EIG_FLOOR = 1e-10  # eigenvalues below this are set to 0 (A.3)
+EIG_FLOOR = 1e-10  # eigenvalues below this are set to 0 (as kfac_eigen_pruner.py)
 _CHUNK_ELEMENTS = 1 << 24  # bound on the temporaries of one statistics chunk
 
 
@@ -172,7 +178,8 @@ def _chunks(n: int, per_example: int) -> Iterable[slice]:
 # ----------------------------------------------------------------------------------------------------
 
 def sample_labels(logits: Tensor, generator: torch.Generator | None) -> Tensor:
-    """One label per example drawn from softmax(logits) (true Fisher, A.3), with a CPU generator."""
+    """One label per example drawn from softmax(logits) (true Fisher, as the code's ``fisher_type = "true"``),
+    with a CPU generator."""
     probs = torch.softmax(logits.detach().double(), dim=-1).cpu()
     return torch.multinomial(probs, 1, generator=generator).squeeze(1).to(logits.device)
 
@@ -242,7 +249,7 @@ class KFactors:
 
 
 def _kfac_sums(module: nn.Module, a: Tensor, ds: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Σ over the batch of the A and S terms with the normalisation of A.3 (divided by N later)."""
+    """Σ over the batch of the A and S terms with the normalisation of the module docstring (divided by N later)."""
     bias = module.bias is not None
     n = a.shape[0]
     if isinstance(module, nn.Conv2d):
@@ -278,7 +285,7 @@ def _kfac_sums(module: nn.Module, a: Tensor, ds: Tensor, dtype: torch.dtype) -> 
 def collect_kfac(model: nn.Module, batches: Iterable, layers: Mapping[str, nn.Module] | Iterable[nn.Module], *,
                  device: torch.device | str, generator: torch.Generator | None, labels: str = "sample",
                  dtype: torch.dtype = torch.float64) -> dict[str, KFactors]:
-    """K-FAC factors (A.3) of each Linear/Conv2d in `layers` from one pass over `batches` ((x, y) pairs).
+    """K-FAC factors of each Linear/Conv2d in `layers` from one pass over `batches` ((x, y) pairs).
 
     `layers` maps names to modules (or is a list of modules, named as in model.named_modules()). The model
     runs in eval mode (restored afterwards); labels are sampled from its softmax with `generator`
@@ -308,7 +315,7 @@ def collect_kfac(model: nn.Module, batches: Iterable, layers: Mapping[str, nn.Mo
 
 
 # ----------------------------------------------------------------------------------------------------
-# Eigenbasis, rotation and scores (A.4)
+# Eigenbasis, rotation and scores
 # ----------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -342,7 +349,7 @@ def eigen_basis(factors: KFactors, floor: float = EIG_FLOOR) -> EigenBasis:
 
 def layer_matrix(module: nn.Module) -> Tensor:
     """The layer's weights as (d_out, P, d_in[+1]) float64 on the CPU: per kernel offset p the matrix
-    W_p (C_out × C_in) with the bias as an extra column copied to every offset (A.4)."""
+    W_p (C_out × C_in) with the bias as an extra column copied to every offset (as the code does)."""
     w = module.weight.detach().double().cpu()
     if isinstance(module, nn.Conv2d):
         w = w.reshape(w.shape[0], w.shape[1], -1).permute(0, 2, 1)  # (C_out, P, C_in)
@@ -355,14 +362,14 @@ def layer_matrix(module: nn.Module) -> Tensor:
 
 
 def rotate_and_score(w: Tensor, basis: EigenBasis) -> EigenScores:
-    """W*_p = Q_Sᵀ W_p Q_A; I = Σ_p W*_p² ⊙ λ_S λ_Aᵀ; row and column sums of I (A.4)."""
+    """W*_p = Q_Sᵀ W_p Q_A; I = Σ_p W*_p² ⊙ λ_S λ_Aᵀ; row and column sums of I."""
     w_star = torch.einsum("os,opi,ia->spa", basis.q_s, w.double(), basis.q_a)
     imp = (w_star.square() * basis.lam_s[:, None, None] * basis.lam_a[None, None, :]).sum(1)
     return EigenScores(w_star, imp.sum(1), imp.sum(0))
 
 
 # ----------------------------------------------------------------------------------------------------
-# Selection (A.5)
+# Selection: one global threshold, a per-layer cap
 # ----------------------------------------------------------------------------------------------------
 
 def _keep_indices(values: Tensor, tau: Tensor, cap: float) -> Tensor:
@@ -377,7 +384,7 @@ def _keep_indices(values: Tensor, tau: Tensor, cap: float) -> Tensor:
 
 
 def select(scores: Mapping[str, tuple[Tensor, Tensor]], ratio: float, cap: float) -> dict[str, tuple[Tensor, Tensor]]:
-    """Kept (rows, cols) indices per layer from {name: (row scores, col scores)} (A.5).
+    """Kept (rows, cols) indices per layer from {name: (row scores, col scores)}.
 
     One global threshold τ = sorted(all rows and cols)[int(ratio · count)]; a unit is kept iff its score
     is > τ; a layer losing more than `cap` of its rows (or columns) uses its own cap-quantile instead;
@@ -397,19 +404,19 @@ def select(scores: Mapping[str, tuple[Tensor, Tensor]], ratio: float, cap: float
 
 
 def bottleneck_size(d_in: int, r_in: int, r_out: int, d_out: int, patch: int) -> int:
-    """Parameters of a bottleneck: d_in'·r_in + r_out·r_in·P + d_out·r_out (A.5.4; d_in' counts the bias)."""
+    """Parameters of a bottleneck: d_in'·r_in + r_out·r_in·P + d_out·r_out (d_in' counts the bias)."""
     return d_in * r_in + r_out * r_in * patch + d_out * r_out
 
 
 # ----------------------------------------------------------------------------------------------------
-# The rebuilt layer (A.6)
+# The rebuilt layer: rotate → core → rotate
 # ----------------------------------------------------------------------------------------------------
 
 class EigenBottleneck(nn.Module):
-    """x ↦ Q_out · core(Q_inᵀ [x; c]): the rebuilt Linear/Conv2d of EigenDamage (A.6).
+    """x ↦ Q_out · core(Q_inᵀ [x; c]): the rebuilt Linear/Conv2d of EigenDamage.
 
     q_in: (d_in[+1], r_in), q_out: (d_out, r_out) — trainable ``nn.Parameter`` s by default (frozen ones
-    are buffers, still counted by :func:`count_parameters`). ``bias_input`` is the constant appended to
+    are buffers, still counted by bmrs.nn.measure.count_parameters). ``bias_input`` is the constant appended to
     the input when the original layer had a bias (1 for Linear, 1/P for Conv2d). For convs the input
     rotation is a 1×1 conv at the input resolution, the core a k×k conv with the original stride,
     dilation and padding (a conv with a bias pads its input before the rotation — ``pre_pad`` — so the
@@ -476,7 +483,7 @@ class EigenBottleneck(nn.Module):
 
     def merged(self, basis: EigenBasis, w_star: Tensor, keep_out: Tensor, keep_in: Tensor) -> "EigenBottleneck":
         """A new bottleneck after re-rotating the core by `basis` (fitted on the core) and pruning:
-        Q_in ← Q_in Q'_A[:, K_in], Q_out ← Q_out Q'_S[:, K_out], core ← W'*[K_out, K_in] (A.8)."""
+        Q_in ← Q_in Q'_A[:, K_in], Q_out ← Q_out Q'_S[:, K_out], core ← W'*[K_out, K_in] (the code's ``_merge_Qs``)."""
         ref = self.core.weight
         q_in = self.q_in.detach().double().cpu() @ basis.q_a[:, keep_in]
         q_out = self.q_out.detach().double().cpu() @ basis.q_s[:, keep_out]
@@ -487,6 +494,10 @@ class EigenBottleneck(nn.Module):
                           trainable=self.trainable)
 
     # -- use ----------------------------------------------------------------------------------------
+    def counted_buffers(self) -> tuple[Tensor, ...]:
+        """Frozen rotations are buffers but count as parameters (A.6): the hook of bmrs.nn.measure.count_parameters."""
+        return () if self.trainable else (self.q_in, self.q_out)
+
     @property
     def num_params(self) -> int:
         return self.q_in.numel() + self.q_out.numel() + self.core.weight.numel()
@@ -527,7 +538,7 @@ class EigenBottleneck(nn.Module):
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The layers EigenDamage scores: every Linear/Conv2d (groups=1) except the classifier (the last
-    Linear/Conv in module order, A.3), and the core of every EigenBottleneck (iterative rounds)."""
+    Linear/Conv in module order), and the core of every EigenBottleneck (iterative rounds)."""
     found: list[tuple[str, nn.Module, bool]] = []  # (name, layer, is a bottleneck core)
     inside: list[str] = []
     for name, m in model.named_modules():
@@ -559,60 +570,6 @@ def _owner(model: nn.Module, name: str) -> tuple[str, EigenBottleneck | None]:
     return name, None
 
 
-def count_parameters(model: nn.Module) -> int:
-    """All parameters, plus frozen rotation matrices stored as buffers (rotations always count, A.6)."""
-    n = sum(p.numel() for p in model.parameters())
-    for m in model.modules():
-        if isinstance(m, EigenBottleneck) and not m.trainable:
-            n += m.q_in.numel() + m.q_out.numel()
-    return n
-
-
-@torch.no_grad()
-def count_macs(model: nn.Module, example_input: Tensor) -> int:
-    """Multiply-accumulates per example of every Linear/Conv2d and bottleneck rotation (bias adds and
-    nonlinearities not counted; FLOPs ≈ 2 × MACs). The input rotation runs at the input resolution."""
-    total = 0
-    n = example_input.shape[0]
-
-    def dense(module, inputs, output):
-        nonlocal total
-        if isinstance(module, nn.Conv2d):
-            total += output.numel() // n * (module.in_channels // module.groups) * _patch(module)
-        else:
-            total += output.numel() // n * module.in_features
-
-    def bottleneck(module, inputs, output):
-        nonlocal total
-        x = inputs[0]
-        d_in, r_in = module.q_in.shape
-        d_out, r_out = module.q_out.shape
-        if module.kind == "linear":
-            total += x.numel() // n // x.shape[-1] * (d_in * r_in + r_out * d_out)
-        else:
-            h, w = x.shape[-2:]
-            if module.pre_pad is not None:
-                h, w = h + module.pre_pad[2] + module.pre_pad[3], w + module.pre_pad[0] + module.pre_pad[1]
-            total += h * w * d_in * r_in + output.shape[-2] * output.shape[-1] * r_out * d_out
-
-    handles = []
-    for m in model.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
-            handles.append(m.register_forward_hook(dense))
-        elif isinstance(m, EigenBottleneck):
-            handles.append(m.register_forward_hook(bottleneck))
-    modes = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        model(example_input.to(next(model.parameters()).device))
-    finally:
-        for h in handles:
-            h.remove()
-        for m, mode in modes.items():
-            m.train(mode)
-    return int(total)
-
-
 def _train_split(data):
     return getattr(data, "train", data)
 
@@ -626,7 +583,7 @@ def _batches(split, batch_size: int, generator: torch.Generator, limit: int | No
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, data, *, device: torch.device | str, batch_size: int = 128,
                    n_batches: int | None = None, reset: bool = False, seed: int = 0) -> nn.Module:
-    """Re-estimate BatchNorm running statistics with forward passes over the training split (A.7).
+    """Re-estimate BatchNorm running statistics with forward passes over the training split (the code's ``stablize_bn``).
 
     Only the BatchNorm layers run in train mode (no optimiser step); everything else stays in eval mode.
     ``reset=True`` starts from cleared statistics and uses exact cumulative averages. A model without
@@ -655,99 +612,12 @@ def recalibrate_bn(model: nn.Module, data, *, device: torch.device | str, batch_
 
 
 # ----------------------------------------------------------------------------------------------------
-# Folding the BMRS noise layers into the weights (spec C.2 option (b))
-# ----------------------------------------------------------------------------------------------------
-
-_PASS_BACK = (nn.Dropout, nn.Identity)  # nothing between a producer and its noise layer
-_PASS_FORWARD = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity, nn.Dropout)
-
-
-def _noise_scale(layer: MultiplicativeNoise) -> Tensor:
-    return (layer.expected_theta() * layer.mask.detach().double()).to(layer.mu.device)
-
-
-def _scale_rows(module: nn.Module, s: Tensor) -> None:
-    w = module.weight
-    s = s.to(device=w.device, dtype=w.dtype)
-    w.mul_(s.reshape(-1, *([1] * (w.dim() - 1))))
-    if module.bias is not None:
-        module.bias.mul_(s)
-
-
-def _scale_columns(module: nn.Module, s: Tensor) -> None:
-    w = module.weight
-    s = s.to(device=w.device, dtype=w.dtype)
-    if isinstance(module, nn.Conv2d):
-        if module.groups != 1:
-            raise ValueError("fold_noise cannot fold into a grouped convolution")
-        w.mul_(s[None, :, None, None])
-        return
-    block, rest = divmod(w.shape[1], s.numel())
-    if rest:
-        raise ValueError(f"cannot fold {s.numel()} unit scales into a Linear with {w.shape[1]} inputs")
-    w.mul_(s.repeat_interleave(block)[None, :])
-
-
-def fold_noise(model: nn.Module) -> nn.Module:
-    """A deep copy of a BMRS network with every noise layer replaced by its eval-mode scale E[θ]·mask,
-    folded into the weights, so the copy has no noise layers and the same eval outputs (spec C.2 (b)).
-
-    * noise directly after a Linear/Conv (ViT MLP): into that layer's rows and bias;
-    * otherwise (MLP/LeNet5: after Tanh/ReLU): into the input columns of the next Linear/Conv of the same
-      nn.Sequential, through ReLU/pooling/Flatten (non-negative scales commute with them; a flattened
-      conv channel owns a block of columns);
-    * NoisyBatchNorm2d (ResNet): into the BatchNorm's γ and β; NoisyAttention (ViT): into out_proj.
-    """
-
-    new = copy.deepcopy(model)
-    with torch.no_grad():
-        for name, m in list(new.named_modules()):
-            if isinstance(m, NoisyBatchNorm2d):
-                if not m.affine:
-                    raise ValueError(f"cannot fold noise into the non-affine BatchNorm {name}")
-                s = _noise_scale(m.noise)
-                bn = nn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
-                bn.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("noise.")})
-                bn = bn.to(device=m.weight.device, dtype=m.weight.dtype)
-                _scale_rows(bn, s)
-                bn.train(m.training)
-                _set_submodule(new, name, bn)
-            elif isinstance(m, NoisyAttention):
-                _scale_rows(m.attention.out_proj, _noise_scale(m.noise))
-                _set_submodule(new, name, m.attention)
-        for name, m in list(new.named_modules()):
-            if not isinstance(m, MultiplicativeNoise):
-                continue
-            parent_name, _, child = name.rpartition(".")
-            parent = new.get_submodule(parent_name) if parent_name else new
-            if not isinstance(parent, nn.Sequential):
-                raise ValueError(f"fold_noise: the noise layer {name} is not inside an nn.Sequential")
-            keys = list(parent._modules)
-            k = keys.index(child)
-            s = _noise_scale(m)
-            j = k - 1
-            while j >= 0 and isinstance(parent[j], _PASS_BACK):
-                j -= 1
-            if j >= 0 and isinstance(parent[j], (nn.Linear, nn.Conv2d)):
-                _scale_rows(parent[j], s)
-            else:
-                j = k + 1
-                while j < len(keys) and isinstance(parent[j], _PASS_FORWARD):
-                    j += 1
-                if j >= len(keys) or not isinstance(parent[j], (nn.Linear, nn.Conv2d)):
-                    raise ValueError(f"fold_noise: no Linear/Conv2d to fold the noise layer {name} into")
-                _scale_columns(parent[j], s)
-            parent._modules[child] = nn.Identity()
-    return new
-
-
-# ----------------------------------------------------------------------------------------------------
 # EigenDamage
 # ----------------------------------------------------------------------------------------------------
 
 @dataclass
 class EigenDamage:
-    """EigenDamage pruning (spec A): fit once, then prune to any ratio (or run the iterative schedule).
+    """EigenDamage pruning (Wang et al., 2019): fit once, then prune to any ratio (or run the iterative schedule).
 
     batch_size: statistics batch size (128 as for VGG in the code); n_batches: use only the first batches
     of a seeded shuffle (None = one full pass); trainable_rotations: rotations are nn.Parameters (the
@@ -765,7 +635,7 @@ class EigenDamage:
     last_summary: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     def variant(self) -> dict[str, Any]:
-        """The settings to record in results (spec C.5)."""
+        """The settings to record in results."""
         return {"method": "eigendamage", "fisher": "true" if self.labels == "sample" else "empirical",
                 "conv_factor": "channel (patch) A_c", "trainable_rotations": self.trainable_rotations,
                 "stat_batches": self.n_batches, "stat_batch_size": self.batch_size, "eig_floor": self.eig_floor}
@@ -799,7 +669,7 @@ class EigenDamage:
         return {name: rotate_and_score(layer_matrix(targets[name]), basis) for name, basis in self.bases.items()}
 
     def prune(self, model: nn.Module, ratio: float, *, cap: float = 0.95) -> nn.Module:
-        """A new model (deep copy) with the eigen-units below the global threshold removed (A.5, A.6).
+        """A new model (deep copy) with the eigen-units below the global threshold removed.
 
         Layers whose bottleneck would not be smaller stay as they are; ``last_summary`` records per layer
         the kept rows/columns, whether it was rebuilt and its parameters before and after.
@@ -846,7 +716,7 @@ class EigenDamage:
                   finetune: Callable[[nn.Module, int], Any] | None = None, *, device: torch.device | str,
                   seed: int, evaluate: Callable[[nn.Module, int], Mapping[str, Any]] | None = None,
                   recalibrate: bool = True) -> tuple[nn.Module, list[dict[str, Any]]]:
-        """The iterative schedule (A.8): `rounds` × [fit on the current model (cores of already rebuilt
+        """The iterative schedule (``main_prune.py``): `rounds` × [fit on the current model (cores of already rebuilt
         layers), prune `ratio` of the current eigen-units with per-layer `cap` (new bases merged into the
         old rotations), finetune(model, round) (may return a replacement model), BN recalibration,
         evaluate(model, round) (a dict merged into the round's record)]. Returns the final model and one
@@ -874,11 +744,11 @@ class EigenDamage:
 
 
 # ----------------------------------------------------------------------------------------------------
-# C-OBD (A.10.1): diagonal Fisher OBD scores of the BMRS units
+# C-OBD (pruner/fisher_diag_pruner.py): diagonal Fisher OBD scores of the BMRS units
 # ----------------------------------------------------------------------------------------------------
 
 def _diag_fisher_sums(module: nn.Module, a: Tensor, ds: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
-    """Σ_n of the squared exact per-example gradients of weight and bias (closed forms, A.10.1)."""
+    """Σ_n of the squared exact per-example gradients of weight and bias (closed forms)."""
     n = a.shape[0]
     w = module.weight
     fb = torch.zeros(w.shape[0], dtype=dtype, device=a.device) if module.bias is not None else None
@@ -904,7 +774,7 @@ def _diag_fisher_sums(module: nn.Module, a: Tensor, ds: Tensor, dtype: torch.dty
 
 
 class COBD(Criterion):
-    """C-OBD (spec A.10.1): score of a unit = Σ over its producer row (bias included) of θ_q² F_qq, with the
+    """C-OBD (``pruner/fisher_diag_pruner.py``): score of a unit = Σ over its producer row (bias included) of θ_q² F_qq, with the
     diagonal true Fisher F from exact per-example gradients. Smaller = pruned first.
 
     max_batches: use only the first batches of a seeded shuffle of the training split (None = one full
@@ -981,6 +851,6 @@ class COBD(Criterion):
 
 __all__ = [
     "COBD", "EigenBasis", "EigenBottleneck", "EigenDamage", "EigenScores", "KFactors", "bottleneck_size",
-    "collect_kfac", "count_macs", "count_parameters", "eigen_basis", "fold_noise", "layer_matrix",
+    "collect_kfac", "eigen_basis", "fold_noise", "layer_matrix",
     "prunable_layers", "recalibrate_bn", "rotate_and_score", "sample_labels", "select",
 ]
