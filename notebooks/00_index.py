@@ -110,6 +110,7 @@ PAPER_MAP = [
     ("—", "derivation and numerical checks of every formula", "01_bmr_derivation", "not a paper item"),
     ("—", "parameters, MACs and latency of the physically shrunk networks", "06_cost", "never measured in the paper"),
     ("—", "EigenDamage, C-OBD and Dirichlet pruning beside BMRS", "07_baselines", "not in the paper"),
+    ("—", "BMRS on a network of your own: attach, train, prune, shrink, measure", "08_your_own_network", "not in the paper"),
 ]
 rows = []
 for item, what, stem, note in PAPER_MAP:

@@ -20,7 +20,7 @@
 # default). The whole path, each step one call into `bmrs`:
 #
 # 1. **attach** — `bmrs.attach_noise(net, example_batch)` traces the forward with torch.fx and puts a
-#    multiplicative noise layer (paper Sec. 2) on the output units of every prunable Linear/Conv layer, after
+#    multiplicative noise layer (paper Eq. 1) on the output units of every prunable Linear/Conv layer, after
 #    its activation (or after its BatchNorm, `placement="batchnorm"`, as the paper does for ResNets); tensors
 #    added by a residual connection form one structure group; the classifier head is left alone. Its report
 #    says what was added where, and what was left without noise and why;
@@ -288,8 +288,8 @@ plt.show()
 # * If a criterion pruned nothing, the Pruner's readiness line above says why: no unit near the boundary means
 #   the posteriors have not separated within the budget — train longer or raise `noise_lr_scale` (README,
 #   "Pruning your own network"). The smoke profile trains for seconds and is not expected to prune much.
-# * BMRS$_U$-4 prunes a posterior as soon as its mass below 2⁻⁴ is large enough (paper Sec. 3.2); BMRS$_N$ (the
-#   code's ΔF$_N$) is the tables' rule. Both stop by themselves: no pruning level is chosen (paper Sec. 4).
+# * BMRS$_U$-4 prunes a posterior as soon as its mass below 2⁻⁴ is large enough (paper Eq. 11-15); BMRS$_N$ (the
+#   code's ΔF$_N$) is the tables' rule. Both stop by themselves: no pruning level is chosen (Algorithm 1).
 
 # %%
 print(f"done in {time.perf_counter() - t_start:.1f} s (profile {profile})")

@@ -1,4 +1,4 @@
-"""Attach BMRS noise layers to any PyTorch network, found by tracing (arXiv:2406.01345, Sec. 2 and 4).
+"""Attach BMRS noise layers to any PyTorch network, found by tracing (arXiv:2406.01345, Eq. 1; noise placement as in the released code's modules/classifiers.py).
 
 :func:`attach_noise` puts one :class:`~bmrs.nn.noise.MultiplicativeNoise` on the output units of every
 prunable Linear layer (features) and Conv layer (channels) of an arbitrary ``nn.Module`` — ``nn.Sequential``,

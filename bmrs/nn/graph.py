@@ -7,9 +7,9 @@ Two tracers serve two purposes:
   operations (activations, batch norm, pooling, dropout, reshapes) reaches the Linear/Conv that produces the
   units; walking backwards from every Linear/Conv input reaches the noise layers whose outputs it consumes.
   This is the approach of Torch-Pruning's DependencyGraph, reduced to what the criteria need: the L2
-  baseline scores a unit by the norm of its producer's weights (paper Sec. 3), and the paper's
+  baseline scores a unit by the norm of its producer's weights (the paper's L2 baseline, Tables 1-2), and the paper's
   parameter-compression metric removes a pruned unit's incoming row and, "when the shapes line up", its
-  outgoing columns in the consumers (paper Sec. 4). It works on any model (functional weights such as the
+  outgoing columns in the consumers (the paper's compression metric, as the released code's modules/layers.py computes it). It works on any model (functional weights such as the
   output projection inside nn.MultiheadAttention included, because the walk identifies weights by their
   autograd leaves), but it sees operations, not call sites, so it cannot rewrite a network.
 * :func:`trace_structure` (torch.fx). A symbolic trace gives every call site of the forward — module calls,

@@ -1,7 +1,7 @@
 """BMRS in your own training loop: the loss term, the optimiser groups and continuous pruning in one object.
 
 In the spirit of Torch-Pruning's ``pruner.step()``; the protocol is the paper's continuous pruning
-(arXiv:2406.01345, Algorithm 1 and Sec. 4): train on cross-entropy + KL, recompute every mask from scratch with
+(arXiv:2406.01345, Algorithm 1): train on cross-entropy + KL, recompute every mask from scratch with
 the criterion's rule at the end of each epoch (a pruned unit may come back), prune once more and freeze the
 masks for fine-tuning, then remove the pruned units physically::
 

@@ -74,7 +74,7 @@ def _opt(default: Any, help: str, **meta: Any) -> Any:
     return field(default=default, metadata={"help": help, **meta})
 
 
-#: p2 of BMRS_U: the reduced prior's support is [2^-p2, 2^-p1], 23 = float32's mantissa bits (paper Sec. 3.2).
+#: p2 of BMRS_U: the reduced prior's support is [2^-p2, 2^-p1], 23 = float32's mantissa bits (paper Eq. 13).
 BMRS_U_P2 = 23
 _BMRS_U = re.compile(r"bmrs_u(.*)")
 # p1 as written after "bmrs_u": a decimal number (sign and exponent allowed, so that "-3" or "1e3" are refused
@@ -92,7 +92,7 @@ def canonical_method(method: str) -> str:
     """One name per method: lower case; ``bmrs_u<p1>`` with p1 written once (bmrs_u8.0 -> bmrs_u8, bmrs_u08 ->
     bmrs_u8; a non-integer p1 keeps every digit: bmrs_u8.25).
 
-    Raises ValueError for an unknown name, and for a BMRS_U precision outside (0, p2 = 23) (paper Sec. 3.2)."""
+    Raises ValueError for an unknown name, and for a BMRS_U precision outside (0, p2 = 23) (paper Eq. 13)."""
     if not isinstance(method, str):
         raise ValueError(f"method must be a string such as 'bmrs_n_code'; got {method!r}")
     key = method.strip().lower()
