@@ -183,6 +183,47 @@ def expand(profile: str, configs_dir: Path | str | None = None) -> list[Task]:
     return sorted(unique.values(), key=lambda t: t.wave)  # stable: first appearance within a wave
 
 
+#: the keys ``--only`` selects on, and what each reads from a task
+SELECT_KEYS = {
+    "network": lambda t: t.config.network,
+    "dataset": lambda t: t.config.dataset,
+    "seed": lambda t: str(t.config.seed),
+    "method": lambda t: t.config.method if t.kind == "run" else t.criterion,
+    "kind": lambda t: t.kind,
+}
+
+
+def parse_only(items: Iterable[str] | None) -> dict[str, set[str]]:
+    """``["network=mlp", "method=snr,l2"]`` -> {"network": {"mlp"}, "method": {"snr", "l2"}}; a bad item is a
+    :class:`UsageError` naming the valid keys."""
+    chosen: dict[str, set[str]] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        values = {v.strip() for v in value.split(",") if v.strip()}
+        if not sep or key not in SELECT_KEYS or not values:
+            raise UsageError(f"--only {item!r}: expected KEY=VALUE[,VALUE...] with KEY one of "
+                             f"{', '.join(SELECT_KEYS)} (for example --only network=mlp --only seed=1000,100)")
+        chosen.setdefault(key, set()).update(values)
+    return chosen
+
+
+def select(tasks: list[Task], only: dict[str, set[str]]) -> list[Task]:
+    """The tasks matching every key of ``only`` (any of a key's values), plus the runs they need, in the
+    original order. Selecting post-hoc or sweep tasks thus brings their base and reference runs along."""
+    if not only:
+        return list(tasks)
+    by_key = {t.key: t for t in tasks}
+    keep = {t.key for t in tasks if all(SELECT_KEYS[k](t) in v for k, v in only.items())}
+    todo = list(keep)
+    while todo:
+        for need in by_key[todo.pop()].needs:
+            if need in by_key and need not in keep:
+                keep.add(need)
+                todo.append(need)
+    return [t for t in tasks if t.key in keep]
+
+
 # --------------------------------------------------------------------------------------------------
 # Who works on what: claims, run locks, failure records, Slurm job records (all under <results>/.grid/)
 # --------------------------------------------------------------------------------------------------
@@ -500,6 +541,10 @@ def add_arguments(parser) -> None:
                         help="local: runs at a time (default 1; each run trains with one thread, so up to one per core)")
     parser.add_argument("--results-dir", default=str(RESULTS_DIR), help="the shared run cache")
     parser.add_argument("--log-dir", default=None, help="worker/job logs (default: <results-dir>/.grid/logs)")
+    parser.add_argument("--only", action="append", metavar="KEY=VALUE",
+                        help="only the tasks with this network, dataset, seed, method (a sweep's criterion) or kind "
+                             "(run|sweep), and the runs they need; repeatable, values comma-separated: "
+                             "--only network=mlp --only kind=sweep")
     parser.add_argument("--dry-run", action="store_true", help="list what would run (and what is done); submit nothing")
     parser.add_argument("--status", action="store_true",
                         help="done / running / failed / missing counts; each failed task with its log and error")
@@ -717,7 +762,11 @@ def main(args) -> int:
     elif args.workers is not None:
         raise UsageError("--workers applies to --executor local; Slurm runs one job per task "
                          "(limit how many run at once with --array-parallelism)")
-    tasks = expand(args.profile, args.configs_dir)
+    only = parse_only(args.only)
+    tasks = select(expand(args.profile, args.configs_dir), only)
+    if not tasks:
+        raise UsageError(f"--only {' '.join(args.only)} selects no task of profile {args.profile!r}; "
+                         "python -m bmrs grid --profile NAME --dry-run lists them")
     results_dir = Path(args.results_dir)
     log_dir = Path(args.log_dir or results_dir / GRID_DIR / "logs")
     if args.executor == "slurm":
