@@ -324,3 +324,36 @@ notebooks:
     metrics = ex.read_json(run_dir(task.config, results) / "metrics.json")
     assert [r["epoch"] for r in metrics["history"]] == list(range(1, 9))
     assert logs.count("epoch 1:") == 1, "the rerun restarted the run instead of resuming it"
+
+
+# --------------------------------------------------------------------------------------------------
+# --only: a part of a profile, with the runs it needs
+# --------------------------------------------------------------------------------------------------
+
+def test_only_selects_tasks_and_brings_their_inputs_along():
+    tasks = grid.expand("smoke")
+    sweeps = grid.select(tasks, grid.parse_only(["kind=sweep"]))
+    picked = [t for t in sweeps if t.kind == "sweep"]
+    assert picked and len(picked) == sum(t.kind == "sweep" for t in tasks)
+    assert {t.key for t in sweeps if t.kind == "run"} == {n for t in picked for n in t.needs}  # only their bases
+    l2 = grid.select(tasks, grid.parse_only(["method=l2", "kind=run"]))
+    posthoc = [t for t in l2 if t.config.method == "l2"]
+    assert posthoc and all(n in {t.key for t in l2} for t in posthoc for n in t.needs)  # base and reference runs
+    assert {t.config.method for t in l2} == {"l2", "base", "bmrs_n_code"}
+    both = grid.select(tasks, grid.parse_only(["method=snr,none", "seed=1000"]))
+    assert {t.config.method for t in both if t.kind == "run"} <= {"snr", "none", "base"}
+    assert [t.key for t in both] == [t.key for t in tasks if t.key in {b.key for b in both}]  # order kept
+
+
+@pytest.mark.parametrize("item", ["network", "net=mlp", "network=", "seed=,"])
+def test_only_refuses_what_it_cannot_read(item):
+    with pytest.raises(grid.UsageError, match="KEY=VALUE.*network, dataset, seed, method, kind"):
+        grid.parse_only([item])
+
+
+def test_only_that_selects_nothing_exits_2_and_writes_nothing(tmp_path, capsys):
+    results = tmp_path / "runs"
+    assert cli.main(["grid", "--profile", "smoke", "--results-dir", str(results), "--only", "network=vgg",
+                     "--dry-run"]) == 2
+    assert "selects no task" in capsys.readouterr().err
+    assert not results.exists()

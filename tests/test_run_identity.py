@@ -59,10 +59,6 @@ PINNED = {
                              "df584cb651198ce2"),
     "paper CIFAR-10 LeNet5 bmrs_n": (RunConfig(dataset="cifar10", network="lenet5", method="bmrs_n"),
                                      "81edb67bb915dd6f"),
-    "ResNet-50 pretrained, 64 px": (RunConfig(dataset="cifar10", network="resnet50", method="bmrs_n", pretrained=True,
-                                              keep_imagenet_head=True, image_size=64), "ae5429eeb5d154a8"),
-    "ViT tiny 32 px": (RunConfig(dataset="cifar10", network="vit_tiny", method="bmrs_u8", image_size=32),
-                       "5e4fa3c0c618c776"),
     "bmrs_u6": (RunConfig(dataset="mnist", network="mlp", method="bmrs_u6"), "59458db08494c2b3"),
     "every loss/selection option": (RunConfig(dataset="mnist", network="mlp", method="snr", seed=3, kl_reduction="sum",
                                               kl_weight=0.5, val_fraction=0.1, selection="last", lr=1e-3,
@@ -73,6 +69,35 @@ PINNED = {
 @pytest.mark.parametrize("cfg, run_id", PINNED.values(), ids=PINNED.keys())
 def test_run_ids_are_those_of_the_code_before_the_restructure(cfg, run_id):
     assert cfg.run_id == run_id
+
+
+#: Runs whose inputs changed after the restructure (ResNet-50's pretrained weights DEFAULT = IMAGENET1K_V2 ->
+#: IMAGENET1K_V1, the authors' torch.hub checkpoint; the ViT fed ImageNet mean/std instead of 0.5/0.5): the id
+#: before the change, and the id now, which records the weights and the normalisation (RunConfig.input_identity)
+CHANGED_INPUTS = {
+    "ResNet-50 pretrained, 64 px": (RunConfig(dataset="cifar10", network="resnet50", method="bmrs_n", pretrained=True,
+                                              keep_imagenet_head=True, image_size=64),
+                                    "ae5429eeb5d154a8", "e6ae4ee17881f4ec"),
+    "ViT tiny 32 px": (RunConfig(dataset="cifar10", network="vit_tiny", method="bmrs_u8", image_size=32),
+                       "5e4fa3c0c618c776", "2dbcb18299bd12d1"),
+}
+
+
+@pytest.mark.parametrize("cfg, before, now", CHANGED_INPUTS.values(), ids=CHANGED_INPUTS.keys())
+def test_a_run_whose_inputs_changed_has_a_new_id(cfg, before, now):
+    assert cfg.run_id == now != before
+    fields = cfg.hashed_fields()
+    if cfg.pretrained:
+        assert fields["weights"] == "ResNet50_Weights.IMAGENET1K_V1"
+    if cfg.network.startswith("vit"):
+        assert fields["normalization"] == "imagenet"
+
+
+def test_only_pretrained_and_vit_runs_record_their_inputs():
+    assert RunConfig(dataset="cifar10", network="resnet18", method="snr").input_identity() == {}
+    assert RunConfig(dataset="fashion_mnist", network="lenet5", method="none").input_identity() == {}
+    vit = RunConfig(dataset="cifar10", network="vit_b16", method="base", pretrained=True).input_identity()
+    assert vit == {"weights": "ViT_B_16_Weights.IMAGENET1K_V1", "normalization": "imagenet"}
 
 
 def test_the_quick_profile_expands_to_the_pinned_runs():

@@ -148,6 +148,10 @@ PRETRAINED_WEIGHTS: dict[str, tuple[str, str]] = {
 }
 
 
+#: the torchvision builder (a key of PRETRAINED_WEIGHTS) behind each of the library's pretrained network names
+TORCHVISION_ARCH = {"resnet18": "resnet18", "resnet50": "resnet50", "vit_b16": "vit_b_16"}
+
+
 def pretrained_weights(arch: str):
     """The torchvision ``WeightsEnum`` member that ``pretrained=True`` loads for ``arch`` (a key of
     :data:`PRETRAINED_WEIGHTS`). Building the enum member downloads nothing."""

@@ -266,7 +266,26 @@ class RunConfig:
                   if k != "device" and (k in ("dataset", "network", "method", "seed") or not redundant(k, v))}
         if self.method in registry.POST_HOC:  # a post-hoc run is defined by the base network it prunes
             fields["base"] = base_config(self).run_id
+        fields.update(self.input_identity())
         return fields
+
+    def input_identity(self) -> dict[str, str]:
+        """What a run starts from that is not a flag, named where it once differed: the pretrained weights
+        (``"weights"``: torchvision's enum member, e.g. ``ResNet50_Weights.IMAGENET1K_V1``; before it was
+        named, ResNet-50 loaded ``DEFAULT``, IMAGENET1K_V2) and the ViT's input normalisation
+        (``"normalization"``; it was Hugging Face's 0.5/0.5 before the ViT was fed its weights' ImageNet
+        statistics). Runs from before either change therefore have another id and are not reused. Networks
+        whose inputs never changed (the MLP, LeNet5, ResNets from scratch) get no such field, so their ids
+        stay."""
+        out: dict[str, str] = {}
+        if self.pretrained:
+            weights = models.pretrained_weights(models.TORCHVISION_ARCH[self.network])
+            out["weights"] = f"{type(weights).__name__}.{weights.name}"
+        if self.network.startswith("vit"):
+            mean, std = data.NORMALIZATION["vit"]
+            out["normalization"] = "imagenet" if (mean, std) == (data.IMAGENET_MEAN, data.IMAGENET_STD) \
+                else f"mean={list(mean)},std={list(std)}"
+        return out
 
     @property
     def run_id(self) -> str:
