@@ -297,8 +297,10 @@ notebooks:
     (task,) = grid.expand("one", configs)
     cmd = [sys.executable, "-m", "bmrs", *grid_args(configs, results, "one", "--workers", "1")]
     env = {**os.environ, "BMRS_QUIET": "1"}
+    # its own process group, as a terminal's Ctrl-C sees it; SIGINT at its default even where this test was started
+    # in the background of a shell (which starts background jobs with SIGINT ignored, and children inherit that)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own process group, as a terminal's Ctrl-C sees it
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         while not (results.exists() and "epoch 2:" in _worker_logs(results)):
