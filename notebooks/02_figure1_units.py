@@ -48,7 +48,7 @@ if "google.colab" in sys.modules:  # clone the repository into /content first: !
 # %% tags=["parameters"]
 profile: str = "smoke"  # smoke | quick | paper (printed on every figure and table)
 figures_dir: str = "figures"  # where the figures are written (relative to the repository root)
-source: str = "run"  # "run": run (or reuse) the training run; "reference": read results/reference/units.csv
+source: str = "run"  # "run": run (or reuse) the training run; "finished": only if finished; "reference": read units.csv
 tables_dir: str = "results/tables"  # where the Markdown/LaTeX tables are written
 runs_dir: str = "results/runs"  # run directories (bmrs.run.experiments)
 summary_dir: str = "results/summary"  # summaries are written to <summary_dir>/<profile>/units.csv
@@ -87,8 +87,9 @@ print(f"profile={profile}  source={source}  setting={setting}  method={method}  
 # $= \Delta F_N + \tfrac12\log 2\pi$), and whether the run's mask kept it at the end of training.
 
 # %%
-if source == "run":
-    units = study.unit_statistics(setting, method, run_seed, profile=profile, results_dir=runs_dir)
+if study.computes(source):
+    units = study.unit_statistics(setting, method, run_seed, profile=profile, results_dir=runs_dir,
+                                  finished_only=study.finished_only(source))
     units = units.assign(dataset=setting["dataset"], network=setting["network"], method=method, seed=run_seed)
     print("summary written to", study.save_summary(units, "units", profile))
 else:
@@ -130,7 +131,7 @@ plt.show()
 counts = tables.unit_prune_counts(units)
 display(Markdown(tables.to_markdown(counts)))
 paths = tables.write_table(counts, "fig1_unit_counts", profile=profile, directory=tables_dir, seeds=[run_seed_used],
-                           epochs=tables.epochs_text([setting]) if source == "run" else "as recorded in the reference run",
+                           epochs=tables.epochs_text([setting]) if study.computes(source) else "as recorded in the reference run",
                            title=f"Units each criterion would prune: {net} on {ds}, {run_method} run",
                            source=str(study.summary_path("units", profile, "reference")) if source == "reference" else None)
 print("saved", *paths)

@@ -49,7 +49,7 @@ if "google.colab" in sys.modules:  # clone the repository into /content first: !
 # %% tags=["parameters"]
 profile: str = "smoke"  # smoke | quick | paper (printed on every figure and table)
 figures_dir: str = "figures"  # where the figures are written (relative to the repository root)
-source: str = "run"  # "run": run (or reuse) the runs; "reference": read results/reference/continuous.csv
+source: str = "run"  # "run": run (or reuse) the runs; "finished": the finished ones only; "reference": read continuous.csv
 tables_dir: str = "results/tables"  # where the Markdown/LaTeX tables are written
 runs_dir: str = "results/runs"  # run directories (bmrs.run.experiments)
 summary_dir: str = "results/summary"  # the summary goes to <summary_dir>/<profile>/continuous.csv
@@ -89,10 +89,12 @@ print(f"Table 1: {len(table1_settings)} setting(s) x seeds {seeds};  Table 2: {l
 # setting, costs nothing. One summary row per run is written to `results/summary/<profile>/continuous.csv`.
 
 # %%
-if source == "run":
-    parts = [study.continuous(table1_settings, methods, seeds, profile=profile, results_dir=runs_dir)]
+if study.computes(source):
+    parts = [study.continuous(table1_settings, methods, seeds, profile=profile, results_dir=runs_dir,
+                              finished_only=study.finished_only(source))]
     if table2_settings:
-        parts.append(study.continuous(table2_settings, methods, table2_seeds, profile=profile, results_dir=runs_dir))
+        parts.append(study.continuous(table2_settings, methods, table2_seeds, profile=profile, results_dir=runs_dir,
+                                      finished_only=study.finished_only(source)))
     summary = pd.concat(parts, ignore_index=True)
     print("summary written to", study.save_summary(summary, "continuous", profile))
     epochs_t1 = tables.epochs_text(table1_settings)

@@ -65,7 +65,7 @@ if "google.colab" in sys.modules:  # clone the repository into /content first: !
 profile: str = "smoke"  # smoke | quick | paper (printed on every figure)
 figures_dir: str = "figures"  # where the figures are written (relative to the repository root)
 tables_dir: str = "results/tables"  # where the tables (Markdown + LaTeX) are written
-source: str = "run"  # run: run (or reuse) the studies; reference: read reference_dir/*.csv, train nothing
+source: str = "run"  # run: run (or reuse) the studies; finished: the finished sweeps only; reference: read reference_dir/*.csv
 reference_dir: str = "results/reference"  # committed summaries, read when source is reference
 summary_dir: str = "results/summary"  # summaries written when source is run: summary_dir/profile/name.csv
 runs_dir: str = "results/runs"  # run directories (reused when complete)
@@ -107,8 +107,9 @@ print(f"profile={profile} source={source} settings={len(settings)} seeds={seeds}
 # ## Run (or read) the post-training studies
 
 # %%
-if source == "run":
-    raw_curves, ranks = study.posttrain(settings, seeds, criteria, levels, profile=profile, results_dir=runs_dir)
+if study.computes(source):
+    raw_curves, ranks = study.posttrain(settings, seeds, criteria, levels, profile=profile, results_dir=runs_dir,
+                                        finished_only=study.finished_only(source))
     for name, frame in (("posttrain", raw_curves), ("ranks", ranks)):
         print("wrote", study.save_summary(frame, name, profile))
 else:

@@ -43,7 +43,7 @@ if "google.colab" in sys.modules:  # clone the repository into /content first: !
 # %% tags=["parameters"]
 profile: str = "smoke"  # smoke | quick | paper (printed on every figure and table)
 figures_dir: str = "figures"  # where the figures are written (relative to the repository root)
-source: str = "run"  # "run": run (or reuse) the runs; "reference": read results/reference/p1_sweep.csv
+source: str = "run"  # "run": run (or reuse) the runs; "finished": the finished ones only; "reference": read p1_sweep.csv
 tables_dir: str = "results/tables"  # where the Markdown/LaTeX tables are written
 runs_dir: str = "results/runs"  # run directories (bmrs.run.experiments)
 summary_dir: str = "results/summary"  # the summary goes to <summary_dir>/<profile>/p1_sweep.csv
@@ -79,8 +79,8 @@ display(Markdown("| $p_1$ | pruning threshold on the posterior mass of $[2^{-23}
 # ## Runs
 
 # %%
-if source == "run":
-    sweep = study.p1_sweep(setting, p1_values, seeds, profile=profile, results_dir=runs_dir)
+if study.computes(source):
+    sweep = study.p1_sweep(setting, p1_values, seeds, profile=profile, results_dir=runs_dir, finished_only=study.finished_only(source))
     print("summary written to", study.save_summary(sweep, "p1_sweep", profile))
     epochs = tables.epochs_text([setting])
     origin = None

@@ -61,7 +61,7 @@ if "google.colab" in sys.modules:  # clone the repository into /content first: !
 # %% tags=["parameters"]
 profile: str = "smoke"  # smoke | quick | paper (printed on every figure and table)
 figures_dir: str = "figures"  # where the figures are written (relative to the repository root)
-source: str = "run"  # "run": measure (and run or reuse the Table 1 runs); "reference": read results/reference
+source: str = "run"  # "run": measure (and run or reuse the Table 1 runs); "finished": finished runs only; "reference": read results/reference
 tables_dir: str = "results/tables"  # where the Markdown/LaTeX tables are written
 runs_dir: str = "results/runs"  # run directories (bmrs.run.experiments)
 summary_dir: str = "results/summary"  # summaries go to <summary_dir>/<profile>/cost_{steps,compaction}.csv
@@ -104,7 +104,7 @@ study.configure(source=source, summary_dir=summary_dir, reference_dir=reference_
 if "none" in methods:
     raise ValueError("methods must not contain 'none': the unpruned network has nothing to shrink")
 pd.set_option("display.max_columns", 60, "display.width", 250)
-stamp = profile if source == "run" else f"{profile}, numbers from {reference_dir}"
+stamp = profile if study.computes(source) else f"{profile}, numbers from {reference_dir}"
 print(f"profile={profile}  source={source}  device={device}  timing threads={timing_threads}")
 
 # %% [markdown]
@@ -116,7 +116,7 @@ entries = [{"table": "table3", "network": n, "dataset": d, "batch": table3_batch
 entries += [{"table": "table4", "network": n, "dataset": d, "batch": table4_batch, "rounds": table4_rounds,
              "steps": table4_steps, "image_size": None if table4_image_size == 224 else table4_image_size}
             for n in table4_networks for d in table4_datasets]
-if source == "run":
+if study.computes(source):
     steps = cost.table_step_times(entries, threads=timing_threads, rounds=step_rounds, steps=step_steps,
                                   warmup=step_warmup, device=device)
     print("summary written to", study.save_summary(steps, "cost_steps", profile))
@@ -144,7 +144,7 @@ for table in ("table3", "table4"):
         continue
     display(Markdown(f"**{df.attrs['title']}**\n\n" + tables.to_markdown(df)))
     print("saved", *tables.write_table(df, f"{table}_runtimes", profile=stamp, directory=tables_dir, seeds=[seed],
-                                       source=None if source == "run" else reference_dir))
+                                       source=None if study.computes(source) else reference_dir))
 
 # %%
 fig = cost.noise_overhead_figure(cmp, steps)
@@ -189,8 +189,8 @@ print(f"Table 4 measured at {cost.table4_resolution(steps)}.")
 # (1 − MACs_shrunk/MACs_dense): 100 % means time fell in proportion to MACs.
 
 # %%
-if source == "run":
-    runs = study.continuous(settings, methods, seeds, profile=profile, results_dir=runs_dir)
+if study.computes(source):
+    runs = study.continuous(settings, methods, seeds, profile=profile, results_dir=runs_dir, finished_only=study.finished_only(source))
     compaction = cost.compaction_table([Path(runs_dir) / rid for rid in runs["run_id"]], threads=timing_threads,
                                        repeats=latency_repeats)
     print("summary written to", study.save_summary(compaction, "cost_compaction", profile))
@@ -206,7 +206,7 @@ comp_table = cost.compaction_display(compaction)
 display(Markdown(f"**{comp_table.attrs['title']}**\n\n" + tables.to_markdown(comp_table)))
 print("saved", *tables.write_table(comp_table, "cost_compaction", profile=stamp, directory=tables_dir,
                                    seeds=sorted(int(s) for s in compaction["seed"].unique()),
-                                   source=None if source == "run" else reference_dir))
+                                   source=None if study.computes(source) else reference_dir))
 
 # %%
 fig = cost.compaction_figure(compaction)

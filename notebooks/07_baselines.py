@@ -60,7 +60,7 @@ if "google.colab" in sys.modules:  # clone the repository into /content first: !
 profile: str = "smoke"  # smoke | quick | paper (printed on every figure)
 figures_dir: str = "figures"  # where the figures are written (relative to the repository root)
 tables_dir: str = "results/tables"  # where the tables (Markdown + LaTeX) are written
-source: str = "run"  # run: run (or reuse) the studies; reference: read reference_dir/*.csv, train nothing
+source: str = "run"  # run: run (or reuse) the studies; finished: finished runs only; reference: read reference_dir/*.csv
 reference_dir: str = "results/reference"  # committed summaries, read when source is reference
 summary_dir: str = "results/summary"  # summaries written when source is run: summary_dir/profile/name.csv
 runs_dir: str = "results/runs"  # run directories (reused when complete)
@@ -111,8 +111,8 @@ for module in (bmrs.run.posthoc, bmrs.prune.eigendamage, bmrs.prune.dirichlet):
 # fine-tuned with the same budget. Mean ± population std over seeds.
 
 # %%
-if source == "run":
-    runs = study.continuous(settings, methods, seeds, profile=profile, results_dir=runs_dir)
+if study.computes(source):
+    runs = study.continuous(settings, methods, seeds, profile=profile, results_dir=runs_dir, finished_only=study.finished_only(source))
     table_rows = C.deployment_metrics(runs, results_dir=runs_dir, repeats=latency_repeats)
     print("wrote", study.save_summary(table_rows, "baselines", profile))
 else:
@@ -135,8 +135,8 @@ print("wrote", *paths)
 # markers with black bars the BMRS stopping points.
 
 # %%
-if source == "run":
-    raw, _ = study.posttrain(settings, seeds, criteria, levels, profile=profile, results_dir=runs_dir)
+if study.computes(source):
+    raw, _ = study.posttrain(settings, seeds, criteria, levels, profile=profile, results_dir=runs_dir, finished_only=study.finished_only(source))
     print("wrote", study.save_summary(raw, "posttrain_baselines", profile))
 else:
     raw = study.load_summary("posttrain_baselines", profile, source="reference")

@@ -230,7 +230,7 @@ def _outputs(tasks, results: Path) -> dict[str, float]:
         if t.kind == "run":
             path = run_dir(t.config, results) / "metrics.json"
         else:
-            path = ex._sweep_path(base_config(t.config), t.criterion, t.levels, t.finetune_epochs, results)
+            path = ex.sweep_path(base_config(t.config), t.criterion, t.levels, t.finetune_epochs, results)
         out[t.key] = path.stat().st_mtime_ns if path.exists() else None
     return out
 
@@ -260,6 +260,22 @@ def test_local_grid_two_workers_failure_reported_and_rerun_computes_only_it(tmp_
 
     before = _outputs(tasks, results)
     assert all(v is not None for k, v in before.items() if k != broken.key) and before[broken.key] is None
+
+    # While a run is missing, source "finished" summarises the finished ones and trains nothing.
+    def no_training_now(*_, **__):
+        raise AssertionError("finished_only trained something")
+
+    with monkeypatch.context() as m:
+        m.setattr(ex, "_run_locked", no_training_now)
+        m.setattr(ex, "_sweep", no_training_now)
+        q = notebook_parameters("03_continuous_pruning", "tiny", configs)
+        partial = study.continuous(q["table1_settings"], q["methods"], q["seeds"], profile="tiny", results_dir=results,
+                                   log=lambda _: None, finished_only=study.finished_only("finished"))
+        assert sorted(partial["method"]) == ["l2", "none"]
+        q = notebook_parameters("04_post_training", "tiny", configs)
+        curves, _ = study.posttrain(q["settings"], q["seeds"], q["criteria"], q["levels"], profile="tiny",
+                                    results_dir=results, log=lambda _: None, finished_only=True)
+        assert set(curves["criterion"]) == {"l2"}
     checkpoint.unlink()  # the fix the error names
     assert cli.main(grid_args(configs, results, "tiny", "--workers", "2")) == 0
     out = capsys.readouterr().out

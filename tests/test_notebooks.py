@@ -370,7 +370,7 @@ def test_study_configure_checks_source_and_threads_and_sets_the_summary_roots(tm
 
     monkeypatch.setattr(study, "SUMMARY_DIR", study.SUMMARY_DIR)
     monkeypatch.setattr(study, "REFERENCE_DIR", study.REFERENCE_DIR)
-    with pytest.raises(ValueError, match="source must be one of 'run', 'reference'; got 'ref'"):
+    with pytest.raises(ValueError, match="source must be one of 'run', 'finished', 'reference'; got 'ref'"):
         study.configure(source="ref", summary_dir=tmp_path, reference_dir=tmp_path)
     with pytest.raises(ValueError, match="torch_threads must be an integer >= 0"):
         study.configure(source="run", summary_dir=tmp_path, reference_dir=tmp_path, torch_threads=-1)

@@ -149,7 +149,9 @@ def test_slurm_grid_failure_interrupt_resubmission_and_requeue(slurm, tmp_path):
     assert len(bad.stderr.strip().splitlines()) == 1 and not (results / ".grid" / "jobs").exists()
 
     # 2. Submit and wait; Ctrl-C the waiting command: the jobs keep running.
-    proc = subprocess.Popen(submit, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT at its default even where the tests run in a shell's background (which ignores SIGINT in its jobs)
+    proc = subprocess.Popen(submit, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     for line in proc.stdout:
         lines.append(line)

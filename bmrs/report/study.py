@@ -40,7 +40,22 @@ from bmrs.nn.paper_metric import PAPER_METRIC_VERSION, paper_compression
 
 SUMMARY_DIR = Path(os.environ.get("BMRS_SUMMARY_DIR", "results/summary"))
 REFERENCE_DIR = Path(os.environ.get("BMRS_REFERENCE_DIR", "results/reference"))
-SOURCES = ("run", "reference")
+#: where a study notebook's numbers come from: "run" (run or reuse every run it needs), "finished" (only the
+#: runs and sweeps already finished, training nothing: a partial summary while a grid still runs) or
+#: "reference" (the committed summaries)
+SOURCES = ("run", "finished", "reference")
+
+
+def computes(source: str) -> bool:
+    """Whether a notebook with this ``source`` builds its summaries from run directories ("run", "finished")."""
+    _check_source(source)
+    return source != "reference"
+
+
+def finished_only(source: str) -> bool:
+    """Whether only finished runs and sweeps are read (source "finished"); nothing is trained then."""
+    _check_source(source)
+    return source == "finished"
 
 
 def _check_source(source: str) -> None:
@@ -50,7 +65,8 @@ def _check_source(source: str) -> None:
 
 def configure(*, source: str, summary_dir: Path | str, reference_dir: Path | str, torch_threads: int = 0) -> None:
     """What every study notebook does first, from its parameters: check ``source`` ("run": run or reuse the
-    runs and write summaries under ``summary_dir``; "reference": read ``reference_dir``, train nothing), point
+    runs and write summaries under ``summary_dir``; "finished": the same from the finished runs only, training
+    nothing; "reference": read ``reference_dir``, train nothing), point
     this module's summary roots at those directories, and, when ``torch_threads`` > 0, set the thread count
     of torch and of the numba ΔF kernels to it (0 keeps the defaults; 1 avoids oversubscribing a busy CPU)."""
     global SUMMARY_DIR, REFERENCE_DIR
@@ -66,8 +82,8 @@ def configure(*, source: str, summary_dir: Path | str, reference_dir: Path | str
 
 
 def summary_path(name: str, profile: str, source: str = "run", directory: Path | str | None = None) -> Path:
-    """Where a summary CSV lives: <directory or results/summary>/<profile>/<name>.csv for source "run",
-    <directory or results/reference>/<name>.csv for source "reference"."""
+    """Where a summary CSV lives: <directory or results/summary>/<profile>/<name>.csv for source "run" (and
+    "finished"), <directory or results/reference>/<name>.csv for source "reference"."""
     _check_source(source)
     if source == "reference":
         return Path(directory or REFERENCE_DIR) / f"{name}.csv"
@@ -153,29 +169,39 @@ def _row(cfg: ex.RunConfig, metrics: dict[str, Any], results_dir) -> dict[str, A
 
 
 def p1_sweep(setting: dict[str, Any], p1_values: Iterable[float], seeds: Iterable[int], *, profile: str,
-             results_dir: Path | str | None = None, log=print) -> pd.DataFrame:
-    """Continuous pruning with BMRS_U for each p1 (Figure 4)."""
+             results_dir: Path | str | None = None, log=print, finished_only: bool = False) -> pd.DataFrame:
+    """Continuous pruning with BMRS_U for each p1 (Figure 4). ``finished_only``: as for :func:`continuous`."""
     rows = []
     for p1 in p1_values:
         method = grid.p1_method(p1)
-        df = continuous([setting], [method], seeds, profile=profile, results_dir=results_dir, log=log)
+        df = continuous([setting], [method], seeds, profile=profile, results_dir=results_dir, log=log,
+                        finished_only=finished_only)
         rows.append(df.assign(p1=p1))
     return pd.concat(rows, ignore_index=True)
 
 
 def posttrain(settings: Iterable[dict[str, Any]], seeds: Iterable[int], criteria: Iterable[str],
               levels: Iterable[float], *, profile: str, results_dir: Path | str | None = None,
-              log=print) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Post-training studies (Figure 2; Figures 3, 6, 7): sweep records and rank correlations."""
+              log=print, finished_only: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Post-training studies (Figure 2; Figures 3, 6, 7): sweep records and rank correlations. With
+    ``finished_only``, only the sweeps already computed (a partial summary while the grid still runs); the
+    rank correlations are then among those criteria only."""
     curves, ranks = [], []
+    criteria = tuple(criteria)
     for setting in settings:
         _, own_levels = grid.split_setting(setting)
         lv = own_levels if own_levels is not None else tuple(float(x) for x in levels)
         for seed in seeds:
             base = _run_config(setting, "base", seed, profile)
+            chosen = criteria
+            if finished_only:
+                chosen = tuple(c for c in criteria if ex.sweep_path(ex.base_config(base), c, lv,
+                                                                     grid.SWEEP_FINETUNE_EPOCHS, results_dir).exists())
+                if not chosen:
+                    continue
             log(f"[post-training] {base.network} / {base.dataset} / seed {seed}: {len(lv)} levels x "
-                f"{len(list(criteria))} criteria")
-            result = ex.run_posttrain(base, tuple(criteria), lv, finetune_epochs_per_level=grid.SWEEP_FINETUNE_EPOCHS,
+                f"{len(chosen)} criteria")
+            result = ex.run_posttrain(base, chosen, lv, finetune_epochs_per_level=grid.SWEEP_FINETUNE_EPOCHS,
                                       results_dir=results_dir, log=log)
             for name, records in result["curves"].items():
                 for r in records:
@@ -189,10 +215,14 @@ def posttrain(settings: Iterable[dict[str, Any]], seeds: Iterable[int], criteria
 
 
 def unit_statistics(setting: dict[str, Any], method: str, seed: int, *, profile: str,
-                    results_dir: Path | str | None = None) -> pd.DataFrame:
-    """Per-unit E[θ], ΔF_N (both variants) and mask of a finished run's network (Figure 1)."""
+                    results_dir: Path | str | None = None, finished_only: bool = False) -> pd.DataFrame:
+    """Per-unit E[θ], ΔF_N (both variants) and mask of a finished run's network (Figure 1). With
+    ``finished_only`` an unfinished run is an error instead of being trained."""
 
     cfg = _run_config(setting, method, seed, profile)
+    if finished_only and not (ex.run_dir(cfg, results_dir) / "metrics.json").exists():
+        raise FileNotFoundError(f"run {cfg.run_id} ({cfg.network}/{cfg.dataset} {cfg.method} seed {seed}) has not "
+                                f"finished; compute it (python -m bmrs grid --profile {profile}) or use source='run'")
     ex.run(cfg, results_dir=results_dir)
     model = ex.load_model(cfg, results_dir)
     rows = []

@@ -179,8 +179,9 @@ POSTTRAIN_CRITERIA = ("l2", "snr", "etheta", "bmrs_n", "bmrs_u8", "bmrs_u4")
 PAPER_LEVELS = tuple(float(x) for x in torch.linspace(0, 100, 100).tolist())
 
 
-def _sweep_path(base: RunConfig, criterion: str, levels: tuple[float, ...], finetune_epochs: int,
-                results_dir: Path | str | None) -> Path:
+def sweep_path(base: RunConfig, criterion: str, levels: tuple[float, ...], finetune_epochs: int,
+               results_dir: Path | str | None) -> Path:
+    """Where one criterion's post-training sweep of ``base`` at these levels is stored."""
     key = hashlib.sha256(json.dumps({"levels": list(levels), "finetune_epochs": finetune_epochs}).encode()).hexdigest()[:12]
     return run_dir(base, results_dir) / "sweeps" / f"{criterion}-{key}.json"
 
@@ -208,7 +209,7 @@ def run_posttrain(base: RunConfig, criteria: tuple[str, ...] = POSTTRAIN_CRITERI
     device = pick_device(base.device)
     curves: dict[str, list[dict[str, Any]]] = {}
     for name in criteria:
-        path = _sweep_path(base, name, levels, finetune_epochs_per_level, results_dir)
+        path = sweep_path(base, name, levels, finetune_epochs_per_level, results_dir)
         if path.exists():
             records = _stored_sweep(path)
             if records is not None:

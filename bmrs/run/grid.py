@@ -101,7 +101,7 @@ class Task:
     def key(self) -> str:
         if self.kind == "run":
             return self.config.run_id
-        path = ex._sweep_path(ex.base_config(self.config), self.criterion, self.levels, self.finetune_epochs, "")
+        path = ex.sweep_path(ex.base_config(self.config), self.criterion, self.levels, self.finetune_epochs, "")
         return f"{self.config.run_id}/{path.stem}"
 
     def describe(self) -> str:
@@ -113,7 +113,7 @@ class Task:
         if self.kind == "run":
             return (ex.run_dir(self.config, results_dir) / "metrics.json").exists()
         base = ex.base_config(self.config)
-        return ex._sweep_path(base, self.criterion, self.levels, self.finetune_epochs, results_dir).exists()
+        return ex.sweep_path(base, self.criterion, self.levels, self.finetune_epochs, results_dir).exists()
 
     def execute(self, results_dir: Path | str, log=print) -> None:
         if self.kind == "run":
