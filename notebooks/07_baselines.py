@@ -141,17 +141,20 @@ if study.computes(source):
 else:
     raw = study.load_summary("posttrain_baselines", profile, source="reference")
     print(f"read {len(raw)} curve records from {reference_dir}")
-curves = C.normalize_curves(raw)
-fig = C.figure_grid(curves, x=x_metric, averaging=averaging)
-fig.suptitle("Post-training pruning with the baselines: accuracy vs actual parameter compression\n"
-             f"(rotations counted for EigenDamage); {curves['seed'].nunique()} seed(s), mean ± 1 std; × = knee", fontsize=9)
-paths = save_figure(fig, "posttrain_baselines", profile=profile, directory=figures_dir)
-print("saved", *paths)
-plt.show()
-plt.close(fig)
-
-knee_table = C.knees(curves, x=x_metric, averaging=averaging)
-display(Markdown(C.markdown(C.knees_table(knee_table, setting=True, distance=False))))
+curves = C.normalize_curves(raw) if not raw.empty else None
+if curves is None:  # source "finished" before any of these sweeps has finished
+    print("no post-training sweep of these settings has finished yet: no figure, no knees")
+else:
+    fig = C.figure_grid(curves, x=x_metric, averaging=averaging)
+    fig.suptitle("Post-training pruning with the baselines: accuracy vs actual parameter compression\n"
+                 f"(rotations counted for EigenDamage); {curves['seed'].nunique()} seed(s), mean ± 1 std; × = knee",
+                 fontsize=9)
+    paths = save_figure(fig, "posttrain_baselines", profile=profile, directory=figures_dir)
+    print("saved", *paths)
+    plt.show()
+    plt.close(fig)
+    knee_table = C.knees(curves, x=x_metric, averaging=averaging)
+    display(Markdown(C.markdown(C.knees_table(knee_table, setting=True, distance=False))))
 
 # %% [markdown]
 # ## (c) Which method wins where

@@ -85,3 +85,13 @@ def test_baselines_findings_report_curves_without_a_knee():
                          "test_acc": 90.0 - 0.8 * xs, "param_compression_pct": xs, "actual_param_compression_pct": xs})
     lines = claims.baselines_findings(pd.DataFrame(columns=["dataset", "network"]), C.normalize_curves(flat))
     assert lines == ["**MNIST MLP, post-training curves** — no curve has a defined knee (flat or convex curves)."]
+
+
+def test_baselines_findings_without_curves_report_the_runs_only():
+    runs = pd.read_csv(REFERENCE / "baselines.csv")
+    curves = C.normalize_curves(pd.read_csv(REFERENCE / "posttrain_baselines.csv"))
+    full = claims.baselines_findings(runs, curves)
+    partial = claims.baselines_findings(runs, None)  # source "finished" before any sweep finished
+    assert partial and partial == [line for line in full if "post-training curves" not in line
+                                   and not line.startswith("  Knees")][:len(partial)]
+    assert not any("post-training curves" in line for line in partial)

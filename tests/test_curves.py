@@ -418,3 +418,13 @@ def test_write_table_writes_markdown_and_latex_with_the_caption(tmp_path):
     assert "\\begin{table}" in paths[1].read_text() or "\\begin{tabular}" in paths[1].read_text()
     with pytest.raises(ValueError):
         C.write_table(df, "t", profile="", directory=tmp_path)
+
+
+def test_stops_vs_knee_of_a_partial_summary_without_bmrs_sweeps_has_its_columns():
+    """source "finished" while only the L2/SNR sweeps are done: no stopping point yet, but a frame that the
+    notebook can filter by setting."""
+    df = C.normalize_curves(synthetic_posttrain())
+    res = C.stops_vs_knee(df[df["criterion"].isin(["snr", "l2"])])
+    assert res.empty and list(res.columns) == C.STOP_COLUMNS
+    assert res[(res["dataset"] == "x") & (res["network"] == "y")].empty
+    assert list(C.stops_vs_knee(df).columns) == C.STOP_COLUMNS

@@ -96,7 +96,7 @@ def best_of(acc: pd.Series, tie: float = 0.005) -> str:
     return f"best {winners[0]} ({top:.2f} %)" if len(winners) == 1 else f"tie between {', '.join(winners)} ({top:.2f} %)"
 
 
-def baselines_findings(runs: pd.DataFrame, curves: pd.DataFrame, *, x: str = "actual_param_compression_pct",
+def baselines_findings(runs: pd.DataFrame, curves: pd.DataFrame | None, *, x: str = "actual_param_compression_pct",
                        averaging: C.Averaging = "interp", reference: str = "bmrs_n_code") -> list[str]:
     """Which method wins where, in sentences (Markdown bold setting names): per setting of ``runs`` (the
     continuous comparison, one row per run with test_acc and actual_param_compression_pct) the methods
@@ -124,6 +124,8 @@ def baselines_findings(runs: pd.DataFrame, curves: pd.DataFrame, *, x: str = "ac
             lines.append(f"  {C.label(u)} reaches {r.actual_param_compression_pct:.1f} % at {r.test_acc:.2f} % "
                          f"({r.test_acc - means.loc[reference, 'test_acc']:+.2f} pp accuracy vs {C.label(reference)}, "
                          f"{r.actual_param_compression_pct - target:+.1f} pp compression).")
+    if curves is None or curves.empty:  # no post-training sweep yet (a partial result): the runs' part only
+        return lines
     stops = C.stopping_points(curves, x=x)
     knee_rows = C.knees(curves, x=x, averaging=averaging)
     for dataset, network in C.settings_of(curves):

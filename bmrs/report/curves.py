@@ -160,6 +160,8 @@ def settings_of(df: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def _select(df: pd.DataFrame, dataset: str | None, network: str | None) -> pd.DataFrame:
+    if df.empty and "dataset" not in df:  # no rows at all (e.g. a partial summary without this criterion)
+        return df
     if dataset is not None:
         df = df[df["dataset"] == dataset]
     if network is not None:
@@ -370,6 +372,12 @@ def knees(df: pd.DataFrame, *, x: str = "param_compression_pct", averaging: Aver
     return pd.DataFrame(rows)
 
 
+#: the columns of :func:`stops_vs_knee`
+STOP_COLUMNS = ["dataset", "network", "criterion", "seeds", "stop_x", "stop_x_std", "stop_acc", "stop_acc_std",
+                "marker_x", "marker_acc", "reference", "knee_x", "knee_acc", "knee_resolution", "dx",
+                "ref_acc_at_stop", "allowed", "near"]
+
+
 def stops_vs_knee(df: pd.DataFrame, *, x: str = "param_compression_pct", reference: str = "snr",
                   averaging: Averaging = "interp", tolerance: float = 5.0,
                   criteria: Iterable[str] = ("bmrs_n", "bmrs_n_code", "bmrs_u8", "bmrs_u4")) -> pd.DataFrame:
@@ -402,7 +410,7 @@ def stops_vs_knee(df: pd.DataFrame, *, x: str = "param_compression_pct", referen
                          "reference": reference, "knee_x": knee.x, "knee_acc": knee.y, "knee_resolution": knee.resolution,
                          "dx": dx, "ref_acc_at_stop": ref_at, "allowed": allowed,
                          "near": bool(knee.defined and abs(dx) <= allowed)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=STOP_COLUMNS)  # the columns also when no BMRS sweep is there yet
 
 
 def accuracy_at(df: pd.DataFrame, criterion: str, at: float, *, x: str = "actual_param_compression_pct",
