@@ -21,8 +21,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import fcntl
-import os
 import platform
 import time
 from pathlib import Path
@@ -40,6 +38,7 @@ from bmrs.run.config import RunConfig, base_config, build_model, criterion_for, 
 from bmrs.run.store import (RESULTS_DIR, ResultsCorruptError, check_model_file, config_from_dir,  # noqa: F401 (re-exported)
                             final_metrics, load_model, read_json, run_dir, save_model, write_json_atomic)
 from bmrs.run.train import PruningPlan, Trainer, pick_device, post_training_sweep
+from bmrs.util import locks
 
 
 def _environment() -> dict[str, Any]:
@@ -69,28 +68,9 @@ def run_threads(n: int = RUN_THREADS):
 def run_lock(key: str, results_dir: Path | str | None = None, log=print):
     """An exclusive lock on a run or sweep (``<results_dir>/.locks/<key>.lock``), so two processes that start
     the same work never both compute it: the second waits, saying which process holds it, then finds it done."""
-    lock_dir = Path(results_dir or RESULTS_DIR) / ".locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    path = lock_dir / f"{key}.lock"
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            log(f"{key} is being computed by {holder}; waiting for it")
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} on {platform.node()}")
-        fh.flush()
-        try:
-            yield
-        finally:
-            fh.seek(0)
-            fh.truncate()
-            fh.flush()
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    path = Path(results_dir or RESULTS_DIR) / ".locks" / f"{key}.lock"
+    with locks.exclusive(path, on_wait=lambda holder: log(f"{key} is being computed by {holder}; waiting for it")):
+        yield
 
 
 def run(cfg: RunConfig, *, results_dir: Path | str | None = None, force: bool = False,

@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import fcntl
 import getpass
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -49,7 +47,7 @@ from bmrs.prune.registry import POST_HOC
 from bmrs.run import experiments as ex
 from bmrs.run.profile import CONFIGS_DIR, UsageError, load_profile
 from bmrs.run.store import RESULTS_DIR
-from bmrs.util import atomic
+from bmrs.util import atomic, locks
 
 SWEEP_FINETUNE_EPOCHS = 1
 
@@ -235,24 +233,11 @@ def _grid_file(results_dir: Path | str, kind: str, task: Task, suffix: str) -> P
     return Path(results_dir) / GRID_DIR / kind / f"{task.lock_key}{suffix}"
 
 
-def _lock_held(path: Path) -> bool:
-    """Whether some process holds the flock on ``path`` right now (without waiting for it)."""
-    if not path.exists():
-        return False
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return False
-
-
 def _locked_elsewhere(task: Task, results_dir: Path | str) -> bool:
     """Whether another process works on a task now: it holds the task's grid claim (a local worker or a
     Slurm job) or the run's own lock (any process that trains it, a notebook included)."""
-    return (_lock_held(_grid_file(results_dir, "claims", task, ".lock"))
-            or _lock_held(Path(results_dir) / ".locks" / f"{task.lock_key}.lock"))
+    return (locks.held(_grid_file(results_dir, "claims", task, ".lock"))
+            or locks.held(Path(results_dir) / ".locks" / f"{task.lock_key}.lock"))
 
 
 @contextlib.contextmanager
@@ -260,24 +245,8 @@ def _claim(task: Task, results_dir: Path | str, *, wait: bool):
     """Hold the task's claim (an exclusive flock, released when the process ends however it ends). Yields
     True when held, False when another process holds it and ``wait`` is false. The claim is separate from
     the run's own lock (:func:`bmrs.run.experiments.run_lock`), which the same process takes inside it."""
-    path = _grid_file(results_dir, "claims", task, ".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not wait:
-                yield False
-                return
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            fh.seek(0)
-            fh.truncate()
-            fh.write(f"pid {os.getpid()} on {platform.node()}")
-            fh.flush()
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with locks.exclusive(_grid_file(results_dir, "claims", task, ".lock"), wait=wait) as held:
+        yield held
 
 
 def failure(task: Task, results_dir: Path | str) -> dict[str, Any] | None:
