@@ -425,3 +425,28 @@ def test_iterate_batches_dataset_deterministic_and_complete(pkg_root: Path) -> N
 
     first = run(3)
     assert first == run(3) and sorted(first) == sorted(ids)
+
+
+@pytest.mark.parametrize("n, seed", [(60000, 1000), (60000, 100), (1437, 1001), (11, 0)])
+def test_randomstate_split_is_the_released_codes_sklearn_split(n: int, seed: int) -> None:
+    """The released train.py: np.random.seed(seed) (enforce_reproducibility), then sklearn's
+    train_test_split(train_data, test_size=0.2) on NumPy's global state."""
+    from sklearn.model_selection import train_test_split
+
+    state = np.random.get_state()
+    try:
+        np.random.seed(seed)
+        sk_train, sk_val = train_test_split(list(range(n)), test_size=0.2)
+    finally:
+        np.random.set_state(state)
+    train, val = data.split_indices(n, 0.2, seed, rng="randomstate")
+    assert train.tolist() == sk_train and val.tolist() == sk_val
+    ours_train, ours_val = data.split_indices(n, 0.2, seed)
+    assert len(ours_val) == len(val) and (n < 20 or ours_val.tolist() != val.tolist())  # another permutation
+
+
+def test_randomstate_split_refuses_what_it_cannot_mean() -> None:
+    with pytest.raises(ValueError, match="not stratified"):
+        data.split_indices(10, 0.2, 0, labels=[0, 1] * 5, rng="randomstate")
+    with pytest.raises(ValueError, match="rng must be one of default_rng, randomstate"):
+        data.split_indices(10, 0.2, 0, rng="mt")

@@ -300,3 +300,11 @@ def test_a_second_process_waits_for_the_lock_and_finds_the_run_done(tmp_path):
     accuracy = [line for line in out_first.splitlines() if line.startswith("test accuracy")]
     assert accuracy and accuracy[0] in out_second.splitlines()
     assert f"finished: {results}" in out_first and f"cached: {results}" in out_second
+
+
+def test_the_released_codes_split_is_a_new_run_and_the_default_keeps_every_id():
+    cfg = RunConfig(method="bmrs_n_code", seed=1000, profile="fmnist", dataset="fashion_mnist", network="mlp",
+                    epochs=50, finetune_epochs=10)
+    assert cfg.replace(val_split="default_rng").run_id == cfg.run_id
+    other = cfg.replace(val_split="randomstate")
+    assert other.run_id != cfg.run_id and other.hashed_fields()["val_split"] == "randomstate"

@@ -160,6 +160,9 @@ class RunConfig:
     keep_imagenet_head: bool = _opt(False, "keep the 1000-way ImageNet head (the authors' choice)")
     image_size: int | None = _opt(None, "input resolution for ResNet/ViT (default 224)")
     val_fraction: float = _opt(0.2, "fraction of the training data held out for validation")
+    val_split: str = _opt("default_rng", "how the train/validation permutation is drawn: default_rng (ours) or "
+                                         "randomstate (the released code's sklearn split after np.random.seed)",
+                          choices=data.VAL_SPLITS)
     selection: str = _opt("best_val", "which weights a run keeps: the best validation epoch of fine-tuning, or the "
                                       "last epoch (the post-training base networks)", choices=("best_val", "last"))
     device: str = field(default="auto", compare=False,
@@ -227,7 +230,11 @@ class RunConfig:
             raise ValueError(f"limit_train = {self.limit_train} leaves an empty training or validation split at "
                              f"val_fraction {self.val_fraction}; use --limit-train "
                              f"{_smallest_limit_train(self.val_fraction)} or more")
-        for name in ("kl_reduction", "selection"):
+        if self.val_split == "randomstate" and not 0 <= self.seed < 2**32:
+            raise ValueError(f"--val-split randomstate needs a seed in [0, 2^32) (NumPy's RandomState); got {self.seed}")
+        if self.val_split == "randomstate" and self.dataset == "tiny_imagenet":
+            raise ValueError("--val-split randomstate: TinyImageNet's split is stratified (default_rng); drop it")
+        for name in ("kl_reduction", "selection", "val_split"):
             choices = RunConfig.__dataclass_fields__[name].metadata["choices"]
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")

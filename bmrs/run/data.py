@@ -705,16 +705,37 @@ def _arrays(info: DatasetInfo, family: str, root: Path, allow_download: bool, us
 # ----------------------------------------------------------------------------------------------------
 
 
+#: How the train/validation permutation is drawn (``RunConfig.val_split``): "default_rng" (ours,
+#: ``numpy.random.default_rng(seed)``) or "randomstate", the permutation of the released train.py: it seeds
+#: NumPy's global state (``np.random.seed(seed)`` in ``enforce_reproducibility``) and then calls sklearn's
+#: ``train_test_split(train_data, test_size=0.2)``, whose ShuffleSplit draws ``RandomState.permutation(n)``
+#: and holds out its first ``ceil(0.2 n)`` entries. Equal to the authors' split provided nothing else drew
+#: from NumPy's global state in between (nothing in train.py does; a library it calls could).
+VAL_SPLITS = ("default_rng", "randomstate")
+
+
 def split_indices(n: int, val_fraction: float, seed: int,
-                  labels: Sequence[int] | Tensor | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  labels: Sequence[int] | Tensor | np.ndarray | None = None,
+                  rng: str = "default_rng") -> tuple[np.ndarray, np.ndarray]:
     """Seeded train/held-out split of ``range(n)``: ``(train_idx, heldout_idx)``, both in permuted order.
 
     The held-out part has ``ceil(n * val_fraction)`` examples (sklearn's ``train_test_split`` rule),
-    drawn by ``numpy.random.default_rng(seed).permutation``. With ``labels`` the split is stratified:
-    each class contributes ``ceil(n_c * val_fraction)`` examples, and both parts are shuffled.
+    drawn by ``numpy.random.default_rng(seed).permutation`` (``rng="default_rng"``) or by
+    ``numpy.random.RandomState(seed).permutation`` as the released code's split (``rng="randomstate"``, see
+    :data:`VAL_SPLITS`; not stratified). With ``labels`` the split is stratified: each class contributes
+    ``ceil(n_c * val_fraction)`` examples, and both parts are shuffled.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1); got {val_fraction}")
+    if rng not in VAL_SPLITS:
+        raise ValueError(f"rng must be one of {', '.join(VAL_SPLITS)}; got {rng!r}")
+    if rng == "randomstate":
+        if labels is not None:
+            raise ValueError("the released code's split (randomstate) is not stratified; a stratified split "
+                             "(TinyImageNet) uses default_rng")
+        perm = np.random.RandomState(seed).permutation(n)
+        k = math.ceil(n * val_fraction)
+        return perm[k:], perm[:k]
     rng = np.random.default_rng(seed)
     if labels is None:
         perm = rng.permutation(n)
@@ -851,8 +872,11 @@ def describe(name: str, *, network: str = "lenet5", image_size: int | None = Non
 
 def load(name: str, *, network: str = "lenet5", seed: int = 1000, val_fraction: float = 0.2,
          root: str | os.PathLike[str] | None = None, download: bool = False, limit_train: int | None = None,
-         limit_test: int | None = None, cache: bool = True, image_size: int | None = None) -> DataBundle:
+         limit_test: int | None = None, cache: bool = True, image_size: int | None = None,
+         val_split: str = "default_rng") -> DataBundle:
     """Load ``name`` preprocessed for ``network`` with the paper's splits (see the module doc).
+
+    ``val_split`` chooses how the train/validation permutation is drawn (:data:`VAL_SPLITS`).
 
     ``image_size`` (ResNet/ViT only) replaces the 224-pixel input resolution, e.g. for CPU smoke runs.
 
@@ -875,9 +899,12 @@ def load(name: str, *, network: str = "lenet5", seed: int = 1000, val_fraction: 
     if image_size is not None and family != "224px":
         raise ValueError(f"image_size applies to the resnet and vit families only (got network={network!r})")
     if info.kind == "tiny":
+        if val_split != "default_rng":
+            raise ValueError(f"TinyImageNet's split is stratified; val_split {val_split!r} applies to the other "
+                             "data sets only")
         return _load_tiny(info, network, seed, val_fraction, root_path, allow, limit_train, limit_test, image_size)
     arrays = _arrays(info, family, root_path, allow, cache)
-    train_idx, val_idx = split_indices(len(arrays.train_y), val_fraction, seed)
+    train_idx, val_idx = split_indices(len(arrays.train_y), val_fraction, seed, rng=val_split)
     train_idx, val_idx = _limit_train_val(train_idx, val_idx, limit_train, val_fraction)
     test_idx = _limit_test(len(arrays.test_y), limit_test)
     if family == "32px":

@@ -123,8 +123,8 @@ def _run_locked(cfg: RunConfig, out: Path, *, results_dir, stop_after_epoch, for
     write_json_atomic(config_path, {"run": cfg.hashed_fields(), "train": dataclasses.asdict(tcfg),
                                     "run_id": cfg.run_id})
     bundle = data.load(cfg.dataset, network=family(cfg.network), seed=cfg.seed, val_fraction=cfg.val_fraction,
-                           limit_train=cfg.limit_train, limit_test=cfg.limit_test,
-                           image_size=cfg.image_size)
+                       limit_train=cfg.limit_train, limit_test=cfg.limit_test, image_size=cfg.image_size,
+                       val_split=cfg.val_split)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, bundle.input_spec, bundle.num_classes)
     t0 = time.perf_counter()
@@ -182,7 +182,8 @@ def run_posttrain(base: RunConfig, criteria: tuple[str, ...] = POSTTRAIN_CRITERI
     levels = tuple(float(x) for x in levels)
     base_metrics = run(base, results_dir=results_dir, log=log)
     bundle = data.load(base.dataset, network=family(base.network), seed=base.seed, val_fraction=base.val_fraction,
-                           limit_train=base.limit_train, limit_test=base.limit_test, image_size=base.image_size)
+                       limit_train=base.limit_train, limit_test=base.limit_test, image_size=base.image_size,
+                       val_split=base.val_split)
     model = load_model(base, results_dir)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     tcfg = base.train_config()
