@@ -9,7 +9,7 @@ by ``python -m bmrs grid`` itself; both compute the same tasks (the script check
 Measure on a quiet machine: other work on the cores changes both times, and not in proportion.
 
 Usage:
-    python benchmarks/grid_workers.py                                    # quick profile, LeNet5 part, 1 vs 2
+    python benchmarks/grid_workers.py              # quick profile: six independent LeNet5 runs, 1 vs 2 workers
     python benchmarks/grid_workers.py --profile quick --only network=mlp --workers 2
     python benchmarks/grid_workers.py --profile quick --only network=lenet5 --only kind=run --keep /tmp/bench
 
@@ -43,13 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="quick")
     ap.add_argument("--only", action="append", default=None,
-                    help="the part of the profile to compute (grid --only; default network=lenet5)")
+                    help="the part of the profile to compute (grid --only; default: six independent LeNet5 runs, "
+                         "network=lenet5 kind=run method=none,etheta,snr,bmrs_n,bmrs_u8,bmrs_u4)")
     ap.add_argument("--workers", type=int, default=2, help="N, compared against 1 (default 2)")
     ap.add_argument("--keep", help="compute into this directory (two subdirectories) and keep it")
     args = ap.parse_args(argv)
     if args.workers < 2:
         ap.error("--workers must be at least 2 (it is compared against one worker)")
-    only = args.only or ["network=lenet5"]
+    only = args.only or ["network=lenet5", "kind=run", "method=none,etheta,snr,bmrs_n,bmrs_u8,bmrs_u4"]
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bmrs-grid-bench-"))
     listing = grid(args.profile, only, 1, base / "listing", "--dry-run")
     if listing.returncode != 0:
