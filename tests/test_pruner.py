@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import bmrs
+import bmrs.nn.graph
 from bmrs.nn.noise import MultiplicativeNoise, model_kl, noise_layers
 from bmrs.prune.criteria import BMRSN, BMRSU, SNR
-from bmrs.prune.pruner import Pruner, distance_to_boundary, param_groups
+from bmrs.prune.pruner import Pruner, distance_to_boundary, param_groups, severed_layers
 from bmrs.util.batches import iterate_batches
 
 
@@ -150,3 +151,120 @@ def test_bad_arguments_give_one_clear_message():
         Pruner(model, "bmrs_x")
     with pytest.raises(ValueError, match="noise_lr_scale > 0"):
         Pruner(model, noise_lr_scale=0)
+
+
+class _SkipNet(nn.Module):
+    """A user's skip network on the digits: stem, a residual block of two Linear added back onto the stream, head."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.pool = nn.AvgPool2d(4)  # the 32x32 images back to scikit-learn's 8x8
+        self.stem, self.fc1, self.fc2 = nn.Linear(64, width), nn.Linear(width, width), nn.Linear(width, width)
+        self.head = nn.Linear(width, 10)
+
+    def forward(self, x):
+        x = F.relu(self.stem(self.pool(x).flatten(1)))
+        x = x + F.relu(self.fc2(F.relu(self.fc1(x))))  # the residual branch
+        return self.head(x)
+
+
+def _kept(model) -> dict[str, int]:
+    return {name.split(".")[-1]: layer.kept for name, layer in noise_layers(model)}
+
+
+def _output_spread(model, x) -> float:
+    """Largest difference between the eval outputs of different images: 0 for a constant network."""
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    return float((out - out[:1]).abs().max())
+
+
+def test_the_guard_never_lets_pruning_cut_every_path_of_a_skip_network(digits):
+    # the noise learning rate 50 x lr: the posteriors reach the prior before the weights learn, and within three
+    # epochs the criterion prunes every unit, the stem's too — without the guard the network is constant
+    runs = {}
+    for guard in (False, True):
+        torch.manual_seed(0)
+        model = bmrs.attach_noise(_SkipNet(), digits.train.x[:2])
+        pruner = Pruner(model, noise_lr_scale=50.0, keep_connected=guard)
+        _train(model, pruner, digits.train, epochs=6)
+        runs[guard] = model, pruner
+    model, pruner = runs[False]
+    assert _kept(model) == {"stem": 0, "fc1": 0, "fc2": 0}
+    assert _output_spread(model, digits.test.x) == 0.0  # one prediction for every image
+    assert all(r.guard_kept == 0 for r in pruner.history)
+    model, pruner = runs[True]
+    guarded = [r for r in pruner.history if r.guard_kept]
+    assert guarded and all(r.guard_layers == ("bmrs_noise.stem",) and r.guard_kept == 16 for r in guarded)
+    assert all(r.kept >= 1 for r in pruner.history)  # the stem is never empty at the end of a step
+    assert _kept(model)["stem"] >= 1 and _output_spread(model, digits.test.x) > 1e-3
+    ready = pruner.readiness()
+    assert f"At epoch {guarded[-1].epoch} the connectivity guard kept 16 unit(s)" in str(ready) and ready.guard_kept == 16
+
+
+def test_at_the_defaults_a_skip_network_loses_its_residual_branch_and_the_guard_stays_out(digits):
+    torch.manual_seed(0)
+    model = bmrs.attach_noise(_SkipNet(), digits.train.x[:2])
+    pruner = Pruner(model)
+    _train(model, pruner, digits.train, epochs=20)  # the first units reach the boundary after ~12 epochs
+    kept = _kept(model)
+    assert kept["fc1"] == kept["fc2"] == 0 and kept["stem"] >= 4  # a whole branch may go: the skip carries the stream
+    assert all(r.guard_kept == 0 for r in pruner.history)
+    assert bmrs.evaluate(model, digits.test, device=torch.device("cpu"))["acc"] > 85.0
+
+
+def _prune_all(model, keep: dict[str, int] | None = None) -> None:
+    """Posteriors deep in the prune region for every unit, except `keep[layer]` units (first ones) per layer."""
+    with torch.no_grad():
+        for name, layer in noise_layers(model):
+            layer.mu.fill_(-18.0)
+            layer.log_sigma.fill_(1.0)
+            n = (keep or {}).get(name.split(".")[-1], 0)
+            layer.mu[:n] = 0.0
+            layer.log_sigma[:n] = -5.0
+
+
+def test_severed_layers_finds_the_cut_and_ignores_size_only_paths():
+    model = bmrs.attach_noise(_SkipNet(8), torch.zeros(2, 1, 32, 32))
+    for keep, cut in [({"stem": 2}, []), ({"fc1": 1, "fc2": 1}, ["bmrs_noise.stem"]), ({}, ["bmrs_noise.stem"]),
+                      ({"stem": 1, "fc1": 3}, [])]:
+        _prune_all(model, keep)
+        rec = Pruner(model).step()
+        assert rec.guard_layers == tuple(cut) and rec.guard_kept == 8 * len(cut)
+        assert _kept(model)["stem"] == (8 if cut else keep["stem"])
+        assert _kept(model)["fc2"] == keep.get("fc2", 0)  # the residual branch is not the guard's business
+    _prune_all(model)
+    rec = Pruner(model, keep_connected=False).step()  # the criterion's masks as they are (the paper's protocol)
+    assert rec.kept == 0 and rec.guard_kept == 0
+
+    class Chain(nn.Module):  # the only other path from the input to the output reads its size
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.noise, self.fc2 = nn.Linear(4, 6), MultiplicativeNoise(6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.fc2(self.noise(torch.relu(self.fc1(x))).view(x.size(0), -1))
+
+    chain = Chain()
+    graph = bmrs.nn.graph.symbolic_trace(chain)
+    assert severed_layers(graph, chain, {"noise"}) == ["noise"] and severed_layers(graph, chain, set()) == []
+
+
+def test_an_untraceable_model_leaves_every_layer_the_step_empties_whole():
+    class Branchy(nn.Module):  # data-dependent control flow: torch.fx cannot trace it
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.n1, self.fc2, self.n2 = nn.Linear(4, 5), MultiplicativeNoise(5), nn.Linear(5, 3), MultiplicativeNoise(3)
+            self.head = nn.Linear(3, 2)
+
+        def forward(self, x):
+            h = self.n1(torch.relu(self.fc1(x)))
+            if h.sum() > 0:
+                h = h * 2
+            return self.head(self.n2(torch.relu(self.fc2(h))))
+
+    model = Branchy()
+    _prune_all(model, {"n2": 1})
+    rec = Pruner(model, example_input=torch.zeros(2, 4)).step()
+    assert rec.guard_layers == ("n1",) and rec.guard_kept == 5 and model.n1.kept == 5 and model.n2.kept == 1
