@@ -240,6 +240,14 @@ def noise_layers(model: nn.Module) -> Iterator[tuple[str, MultiplicativeNoise]]:
             yield name, module
 
 
+def noise_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(the other trainable parameters, the noise layers' μ and log σ) of model, each in model.parameters()
+    order: the split of every optimiser's parameter groups (the noise group gets its own learning rate)."""
+    noise_ids = {id(p) for _, layer in noise_layers(model) for p in (layer.mu, layer.log_sigma)}
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [p for p in params if id(p) not in noise_ids], [p for p in params if id(p) in noise_ids]
+
+
 def unmasked(model: nn.Module) -> nn.Module:
     """A copy of model with every noise layer's mask set to one (the same network before pruning)."""
     probe = copy.deepcopy(model)

@@ -68,7 +68,7 @@ from torch import Tensor, fx, nn
 from bmrs.core import distributions as dist
 from bmrs.nn.graph import symbolic_trace
 from bmrs.nn.models import NoisyBatchNorm2d
-from bmrs.nn.noise import KLReduction, MultiplicativeNoise, model_kl, noise_layers
+from bmrs.nn.noise import KLReduction, MultiplicativeNoise, model_kl, noise_layers, noise_parameters  # noqa: F401 (re-exported)
 from bmrs.nn.shrink import shrink
 from bmrs.prune.criteria import (BMRSN, BMRSU, SNR, Criterion, ExpectedTheta, apply_criterion,
                                  current_result, prune_to_fraction)
@@ -77,13 +77,6 @@ from bmrs.prune.registry import make_criterion
 #: Criteria whose score is a function of (μ, σ) only: readiness can measure the distance to their boundary.
 POSTERIOR_CRITERIA = (BMRSN, BMRSU, SNR, ExpectedTheta)
 _GRID = 161  # μ points between a and the current μ when looking for the boundary (spacing ≤ 0.125 for a = −20)
-
-
-def noise_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(the other trainable parameters, the noise layers' μ and log σ) of model."""
-    noise_ids = {id(p) for _, layer in noise_layers(model) for p in (layer.mu, layer.log_sigma)}
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [p for p in params if id(p) not in noise_ids], [p for p in params if id(p) in noise_ids]
 
 
 def param_groups(model: nn.Module, lr: float, *, noise_lr: float | None = None, noise_lr_scale: float = 10.0,

@@ -39,7 +39,7 @@ from bmrs.util.batches import iterate_batches
 from bmrs.util.progress import progress
 from bmrs.prune.criteria import Criterion, PruningResult, apply_criterion, current_result, prune_to_fraction
 from bmrs.nn.paper_metric import PAPER_METRIC_VERSION, paper_compression
-from bmrs.nn.noise import model_kl, noise_layers
+from bmrs.nn.noise import model_kl, noise_layers, noise_parameters
 
 
 @dataclass
@@ -103,16 +103,13 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     it 10⁴–10⁵ steps. The quick profile raises noise_lr_scale to reach the same posteriors in a tenth of
     the steps (a documented deviation); the paper profile uses 1.
     """
-    noise_ids = {id(p) for _, layer in noise_layers(model) for p in (layer.mu, layer.log_sigma)}
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    noise = [p for _, p in params if id(p) in noise_ids]
-    weights = [(n, p) for n, p in params if id(p) not in noise_ids]
+    weights, noise = noise_parameters(model)
     noise_group = {"params": noise, "weight_decay": 0.0, "lr": cfg.lr * cfg.noise_lr_scale}
     if cfg.optimizer == "adamw":
-        groups = [{"params": [p for _, p in weights if p.dim() > 1], "weight_decay": cfg.weight_decay},
-                  {"params": [p for _, p in weights if p.dim() <= 1], "weight_decay": 0.0}]
+        groups = [{"params": [p for p in weights if p.dim() > 1], "weight_decay": cfg.weight_decay},
+                  {"params": [p for p in weights if p.dim() <= 1], "weight_decay": 0.0}]
         return torch.optim.AdamW([g for g in groups + [noise_group] if g["params"]], lr=cfg.lr)
-    groups = [{"params": [p for _, p in weights]}, noise_group]
+    groups = [{"params": weights}, noise_group]
     return torch.optim.Adam([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
