@@ -377,3 +377,14 @@ def test_study_configure_checks_source_and_threads_and_sets_the_summary_roots(tm
     study.configure(source="reference", summary_dir=tmp_path / "s", reference_dir=tmp_path / "r")
     assert study.SUMMARY_DIR == tmp_path / "s" and study.REFERENCE_DIR == tmp_path / "r"
     assert study.summary_path("continuous", "quick", source="reference") == tmp_path / "r" / "continuous.csv"
+
+
+def test_an_empty_partial_summary_reads_as_an_empty_frame(tmp_path):
+    """source "finished" before any row exists writes a summary without columns; reading it back is no error."""
+    import pandas as pd
+
+    from bmrs.report import study
+
+    path = study.save_summary(pd.DataFrame(), "posttrain_baselines", "p", directory=tmp_path)
+    assert path.read_text().strip() == ""
+    assert study.load_summary("posttrain_baselines", "p", directory=tmp_path).empty

@@ -105,7 +105,10 @@ def load_summary(name: str, profile: str, source: str = "run", directory: Path |
         hint = ("commit the quick profile's summaries with `python -m bmrs.report.study publish`" if source == "reference"
                 else f"run the notebook that produces it (./run_all.sh --profile {profile})")
         raise FileNotFoundError(f"{path} does not exist; {hint}")
-    return pd.read_csv(path)
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:  # a partial summary (source "finished") with no rows yet
+        return pd.DataFrame()
 
 
 def _run_config(setting: dict[str, Any], method: str, seed: int, profile: str) -> ex.RunConfig:
