@@ -15,7 +15,7 @@ from bmrs.report.labels import METHOD_LABELS
 
 
 def _summary(rows: list[dict]) -> pd.DataFrame:
-    base = dict(actual_param_compression_pct=None, structure_compression_pct=50.0, epochs=12)
+    base = dict(actual_param_compression_pct=None, structure_compression_pct=50.0, epochs_run=12)
     return pd.DataFrame([{**base, **r} for r in rows])
 
 
@@ -251,3 +251,19 @@ def test_write_table_markdown_and_latex(tmp_path, fmnist_mlp):
         tables.write_table(v, "x.md", profile="smoke", directory=tmp_path)
     with pytest.raises(ValueError):
         tables.write_table(v, "x", profile="", directory=tmp_path)
+
+
+def test_epochs_in_captions_come_from_the_columns_summaries_carry():
+    """Captions name the epochs a setting ran from the summary's own columns: epochs_run, else the planned
+    train_epochs + finetune_epochs (the committed quick reference's continuous.csv has both)."""
+    from pathlib import Path
+
+    committed = pd.read_csv(Path(__file__).resolve().parents[1] / "results" / "reference" / "continuous.csv")
+    text = tables._epochs_of(committed)
+    for (net, ds), g in committed.groupby(["network", "dataset"]):
+        assert f"{net}/{ds}: {int(g['epochs_run'].max())}" in text
+    planned = committed.drop(columns=["epochs_run"])
+    for (net, ds), g in committed.groupby(["network", "dataset"]):
+        assert f"{net}/{ds}: {int((g['train_epochs'] + g['finetune_epochs']).max())}" in tables._epochs_of(planned)
+    assert tables._epochs_of(committed.iloc[:0]) == "none run"
+    assert tables._epochs_of(committed[["network", "dataset", "method"]]) == "not recorded"

@@ -176,12 +176,21 @@ def _seeds_of(summary: pd.DataFrame) -> list[int]:
 
 
 def _epochs_of(summary: pd.DataFrame) -> str:
-    """'mlp/digits: 2' per setting, from the summary's epochs column (training + fine-tuning epochs run)."""
-    if summary.empty or "epochs" not in summary:
+    """'mlp/digits: 12' per setting: the most epochs (training + fine-tuning) a run of that setting ran, from the
+    summary's ``epochs_run`` column (bmrs.report.study writes it), else its planned ``train_epochs`` +
+    ``finetune_epochs``."""
+    if summary.empty:
         return "none run"
+    if "epochs_run" in summary:
+        epochs = pd.to_numeric(summary["epochs_run"], errors="coerce")
+    elif {"train_epochs", "finetune_epochs"} <= set(summary.columns):
+        epochs = (pd.to_numeric(summary["train_epochs"], errors="coerce")
+                  + pd.to_numeric(summary["finetune_epochs"], errors="coerce"))
+    else:
+        return "not recorded"
     parts = []
-    for (net, ds), g in summary.groupby(["network", "dataset"], sort=False):
-        e = pd.to_numeric(g["epochs"], errors="coerce").dropna()
+    for (net, ds), e in epochs.groupby([summary["network"], summary["dataset"]], sort=False):
+        e = e.dropna()
         parts.append(f"{net}/{ds}: {int(e.max()) if len(e) else '?'}")
     return "; ".join(parts) + " (epochs run, training + fine-tuning, as recorded)"
 
