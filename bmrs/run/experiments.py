@@ -206,9 +206,11 @@ def run_posttrain(base: RunConfig, criteria: tuple[str, ...] = POSTTRAIN_CRITERI
         log(f"post-training sweep {name}: {len(curves[name])} points")
     model.load_state_dict(state)
     # Rankings need only scores, so they are computed for the paper's six criteria whatever was swept
-    # (BMRS_N's two ΔF variants differ by a constant and rank identically).
-    return {"curves": curves, "ranks": rank_correlations(model, list(POSTTRAIN_CRITERIA)), "base": base_metrics,
-            "run_id": base.run_id}
+    # (BMRS_N's two ΔF variants differ by a constant and rank identically); under the run's thread rule, as the
+    # sweeps are.
+    with run_threads():
+        ranks = rank_correlations(model, list(POSTTRAIN_CRITERIA))
+    return {"curves": curves, "ranks": ranks, "base": base_metrics, "run_id": base.run_id}
 
 
 def _stored_sweep(path: Path) -> list[dict[str, Any]] | None:
