@@ -1,4 +1,5 @@
-"""Shared grids and independent references for the numerical-core tests.
+"""Shared grids and independent references for the numerical-core tests; the notebook passes and grid
+profiles several test files share (at the end of this file).
 
 Three independent references are used by test_distributions.py, test_reduction.py and test_noise.py:
 
@@ -9,14 +10,19 @@ Three independent references are used by test_distributions.py, test_reduction.p
   are still resolved (see its docstring);
 * Monte-Carlo (in the individual tests).
 
-Nothing here imports the library's maths: the quadrature reference uses only numpy, math and scipy.
+Nothing here imports the library's maths: the quadrature reference uses only numpy, math and scipy (the
+notebook passes import bmrs.notebook_runner inside their fixture).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import shutil
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +30,24 @@ import pytest
 from scipy.integrate import IntegrationWarning, quad
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# ------------------------------------------------------------------------------------------------
+# One torch thread in the test process
+# ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Every test starts with one intra-op torch thread (the caller's count is restored afterwards): the tests'
+    networks and batches are tiny, and on a shared 2-core machine torch's default (one thread per core)
+    oversubscribes the CPUs, which made single tests several times slower (e.g. a ResNet-50 shrink 2 s idle,
+    20 s under load). A test of a thread rule sets its own counts (tests/test_cost.py: threads_guard)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 # ------------------------------------------------------------------------------------------------
 # Parameter grids: mu far below a = -20 to far above b = 0; log sigma over the released code's clamp
@@ -281,3 +305,148 @@ class TruncNormQuad:
 @pytest.fixture(scope="session")
 def quad_ref():
     return TruncNormQuad
+
+
+# ------------------------------------------------------------------------------------------------
+# Executed notebooks: their text, and the notebook passes several test files assert on
+# ------------------------------------------------------------------------------------------------
+#
+# Each notebook execution costs a kernel start and the library's imports (~15 s on a 2-core machine), so
+# every pass below runs once per session and the test files of the notebooks assert on its outputs:
+#
+# * ``smoke_notebooks``: notebooks 02-07 under the smoke profile (source "run") with one runs directory,
+#   so the smoke runs they share (the profile's YAML anchors) are trained once, as the profile intends;
+# * ``smoke_reference``: 03 and 07 again with source "reference" from those summaries (their tables must
+#   equal the ones the run pass wrote);
+# * ``quick_reference``: 02-07 under the quick profile from the committed results/reference/ alone (what
+#   Binder, Colab and a reader without a GPU do).
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO / "results" / "reference"
+STUDY_NOTEBOOKS = ("02_figure1_units", "03_continuous_pruning", "04_post_training", "05_bmrs_u_precision",
+                   "06_cost", "07_baselines")
+#: Table 4's networks in the smoke pass of notebook 06: a ResNet and a ViT at 32 px, as configs/smoke.yaml
+#: asks, but the ViT-Tiny instead of ViT-B/16 (86M parameters: most of the pass's time, for the same code)
+SMOKE_TABLE4_NETWORKS = "[resnet50, vit_tiny]"
+
+
+def notebook_outputs(executed) -> str:
+    """The text of an executed notebook's outputs (stdout, and the Markdown/plain text of rich outputs);
+    asserts that no cell raised."""
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert errors == [], errors
+    parts = []
+    for c in nb.cells:
+        for o in c.get("outputs", []) if c.cell_type == "code" else []:
+            parts.append(o.get("text", ""))
+            parts.extend(str(v) for k, v in o.get("data", {}).items() if k in ("text/markdown", "text/plain"))
+    return "\n".join(parts)
+
+
+@dataclass
+class NotebookPass:
+    """One execution of notebooks through bmrs.notebook_runner, everything under a temporary directory."""
+
+    profile: str
+    stems: tuple[str, ...]
+    dirs: dict[str, Path]  # results, runs, summary, tables, figures (and reference where one was read)
+    status: int = 0
+    err: str = ""
+
+    def executed(self, stem: str) -> Path:
+        return self.dirs["results"] / "executed" / self.profile / f"{stem}.ipynb"
+
+    def check(self) -> None:
+        """The runner succeeded (else its error, naming the notebook and cell) and no cell raised."""
+        assert self.status == 0, self.err
+        for stem in self.stems:
+            notebook_outputs(self.executed(stem))
+
+
+def run_notebooks(pass_: NotebookPass, stems, **params) -> None:
+    """Run ``stems`` of pass_.profile with pass_.dirs as the notebooks' directories (and ``params``); the exit
+    status and stderr go into pass_ (a failing notebook stops the pass, as the runner does)."""
+    from bmrs import notebook_runner as runner
+
+    if pass_.status != 0:
+        return
+    d = pass_.dirs
+    args = ["--profile", pass_.profile, "--only", *stems, "--quiet", "--force", "--results-dir", str(d["results"])]
+    values = {"runs_dir": d["runs"], "summary_dir": d["summary"], "tables_dir": d["tables"],
+              "figures_dir": d["figures"], **params}
+    for key, value in values.items():
+        args += ["--param", f"{key}={value}"]
+    err = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        mp.setenv("BMRS_QUIET", "1")  # no progress bars in the kernels
+        pass_.status = runner.main(args)
+    pass_.err += err.getvalue()
+    pass_.stems += tuple(stems)
+
+
+def _dirs(base: Path) -> dict[str, Path]:
+    return {name: base / name for name in ("results", "runs", "summary", "tables", "figures")}
+
+
+@pytest.fixture(scope="session")
+def smoke_notebooks(tmp_path_factory) -> NotebookPass:
+    """Notebooks 02-07, smoke profile, source "run"; reference_dir names a directory that must stay absent."""
+    base = tmp_path_factory.mktemp("smoke_notebooks")
+    nb = NotebookPass("smoke", (), {**_dirs(base), "reference": base / "no_reference"})
+    common = {"source": "run", "reference_dir": nb.dirs["reference"], "torch_threads": 1}
+    run_notebooks(nb, [s for s in STUDY_NOTEBOOKS if s != "06_cost"], **common)
+    run_notebooks(nb, ["06_cost"], table4_networks=SMOKE_TABLE4_NETWORKS, **common)
+    return nb
+
+
+@pytest.fixture(scope="session")
+def smoke_reference(smoke_notebooks, tmp_path_factory) -> NotebookPass:
+    """Notebooks 03 and 07, smoke profile, source "reference": from a directory holding the summaries of
+    ``smoke_notebooks`` alone, with runs and summary directories that must stay absent."""
+    smoke_notebooks.check()
+    base = tmp_path_factory.mktemp("smoke_reference")
+    nb = NotebookPass("smoke", (), {**_dirs(base), "reference": base / "reference_in"})
+    shutil.copytree(smoke_notebooks.dirs["summary"] / "smoke", nb.dirs["reference"])
+    run_notebooks(nb, ["03_continuous_pruning", "07_baselines"], source="reference",
+                  reference_dir=nb.dirs["reference"], torch_threads=1)
+    return nb
+
+
+@pytest.fixture(scope="session")
+def quick_reference(tmp_path_factory) -> NotebookPass:
+    """Notebooks 02-07, quick profile, source "reference", from the committed results/reference/; the runs
+    and summary directories must stay absent."""
+    base = tmp_path_factory.mktemp("quick_reference")
+    nb = NotebookPass("quick", (), {**_dirs(base), "reference": REFERENCE})
+    run_notebooks(nb, STUDY_NOTEBOOKS, source="reference", reference_dir=REFERENCE)
+    return nb
+
+
+# ------------------------------------------------------------------------------------------------
+# Grid profiles (tests/test_grid.py, tests/test_slurm.py)
+# ------------------------------------------------------------------------------------------------
+
+#: a tiny digits MLP setting, and the notebook sections of a grid on it: three continuous runs (one post-hoc,
+#: so wave 1 has inputs) and one post-training sweep
+TINY_SETTING = ("{dataset: digits, network: mlp, epochs: 1, finetune_epochs: 1, limit_train: 300, limit_test: 200, "
+                "batch_size: 32}")
+TINY_NOTEBOOKS = f"""  03_continuous_pruning:
+    table1_settings: [&mlp {TINY_SETTING}]
+    methods: [none, etheta, l2]
+    seeds: [1000]
+  04_post_training:
+    settings: [*mlp]
+    seeds: [1000]
+    criteria: [l2]
+    levels: [0, 50]
+"""
+
+
+def write_profile(directory: Path, name: str, text: str) -> Path:
+    """Write the profile ``<directory>/<name>.yaml``; returns the directory (a --configs-dir)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.yaml").write_text(text)
+    return directory

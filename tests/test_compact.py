@@ -336,9 +336,9 @@ def test_macs_latency_and_report():
     x = model.example_input(1)
     # conv1 6·25·28² + conv2 16·6·25·10² + fc 400·120 + 120·84 + 84·10
     assert measure.count_macs(model, x) == 117600 + 240000 + 48000 + 10080 + 840
-    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # not the threads= of the measurement, so that restoring it is seen
     lat = measure.measure_latency(model, x, threads=1, repeats=5, warmup=1)
-    assert torch.get_num_threads() == before
+    assert torch.get_num_threads() == 2
     assert lat["threads"] == 1 and lat["median_s"] > 0 and lat["iqr_s"] >= 0 and lat["batch"] == 1
     _randomise_noise(model, torch.Generator().manual_seed(2), keep=0.3)
     rep = measure.report(model, repeats=3, warmup=1)

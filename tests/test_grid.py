@@ -23,29 +23,12 @@ from bmrs.run import experiments as ex
 from bmrs.run.config import base_config
 from bmrs.run.profile import load_profile
 from bmrs.run.store import run_dir
+from conftest import TINY_NOTEBOOKS, write_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 
-TINY_SETTING = "{dataset: digits, network: mlp, epochs: 1, finetune_epochs: 1, limit_train: 300, limit_test: 200, batch_size: 32}"
-TINY = f"""profile: tiny
-notebooks:
-  03_continuous_pruning:
-    table1_settings: [&mlp {TINY_SETTING}]
-    methods: [none, etheta, l2]
-    seeds: [1000]
-  04_post_training:
-    settings: [*mlp]
-    seeds: [1000]
-    criteria: [l2]
-    levels: [0, 50]
-"""
-
-
-def write_profile(directory: Path, name: str, text: str) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{name}.yaml").write_text(text)
-    return directory
+TINY = "profile: tiny\nnotebooks:\n" + TINY_NOTEBOOKS
 
 
 def grid_args(configs: Path, results: Path, profile: str = "tiny", *extra: str) -> list[str]:
@@ -301,7 +284,7 @@ def test_local_grid_two_workers_failure_reported_and_rerun_computes_only_it(tmp_
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_local_workers_and_a_rerun_resumes(tmp_path):
+def test_ctrl_c_stops_local_workers_and_a_rerun_resumes(tmp_path, capsys, monkeypatch):
     configs = write_profile(tmp_path / "configs", "one", """profile: one
 notebooks:
   02_figure1_units:
@@ -334,8 +317,10 @@ notebooks:
         time.sleep(0.2)
     assert not task.done(results) and (run_dir(task.config, results) / "checkpoint.pt").exists()
 
-    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    # the rerun in this process (the same command; only the interrupted one needs a process group of its own)
+    monkeypatch.setenv("BMRS_QUIET", "1")
+    monkeypatch.chdir(ROOT)
+    assert cli.main(grid_args(configs, results, "one", "--workers", "1")) == 0, capsys.readouterr()
     logs = _worker_logs(results)
     resumed = re.findall(r"resumed from \S+ after epoch (\d+)", logs)
     assert resumed and int(resumed[0]) >= 2, logs

@@ -1,16 +1,16 @@
 """Notebooks 02 (Figure 1), 03 (Tables 1/2) and 05 (Figure 4) under the smoke profile, and their plots.
 
-The notebooks run through ``bmrs.notebook_runner`` into temporary directories (executed notebooks via
---results-dir; runs, summaries, tables and figures via the notebooks' parameters runs_dir, summary_dir,
-tables_dir, figures_dir), so the repository's results/ and figures/ stay untouched. They run twice:
-with ``source="run"`` (training the tiny smoke runs), then with ``source="reference"`` against a
-temporary reference directory filled from the first pass's summaries, with an empty runs directory,
-to show that every figure and table is regenerated without training.
+The notebooks run in the session's notebook passes (tests/conftest.py), everything in temporary directories
+(executed notebooks via --results-dir; runs, summaries, tables and figures via the notebooks' parameters
+runs_dir, summary_dir, tables_dir, figures_dir), so the repository's results/ and figures/ stay untouched:
+``smoke_notebooks`` trains the tiny smoke runs (source "run"); ``smoke_reference`` runs 03 again with
+source "reference" from a temporary directory holding those summaries, with no runs directory, and must
+give the same Table 1 without training; ``quick_reference`` regenerates 02 and 05 (with every other study
+notebook) from the committed results/reference/ alone.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import matplotlib
@@ -23,26 +23,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from bmrs import notebook_runner as runner  # noqa: E402
 from bmrs.report.plots import plot_figure1, plot_p1_sweep, save_figure  # noqa: E402
+from conftest import REFERENCE  # noqa: E402
 
 NOTEBOOKS = ("02_figure1_units", "03_continuous_pruning", "05_bmrs_u_precision")
 FIGURES = ("fig1_units", "fig4_p1_sweep")
 TABLES = ("fig1_unit_counts", "table1_continuous", "table2_continuous", "bmrs_n_variants", "continuous_claims",
           "fig4_p1_sweep")
+TABLES_03 = ("table1_continuous", "table2_continuous", "bmrs_n_variants", "continuous_claims")
 SUMMARIES = ("units", "continuous", "p1_sweep")
-
-
-def _run(base: Path, source: str, reference: Path | None = None) -> tuple[int, dict[str, Path]]:
-    dirs = {name: base / name for name in ("results", "runs", "summary", "tables", "figures")}
-    args = ["--profile", "smoke", "--only", *NOTEBOOKS, "--quiet", "--force", "--results-dir", str(dirs["results"])]
-    params = {"figures_dir": dirs["figures"], "tables_dir": dirs["tables"], "runs_dir": dirs["runs"],
-              "summary_dir": dirs["summary"], "source": source, "torch_threads": 1}
-    if reference is not None:
-        params["reference_dir"] = reference
-    for key, value in params.items():
-        args += ["--param", f"{key}={value}"]
-    return runner.main(args), dirs
 
 
 def _outputs(nb) -> str:
@@ -50,32 +39,12 @@ def _outputs(nb) -> str:
                    for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    base = tmp_path_factory.mktemp("run")
-    status, dirs = _run(base, "run")
-    assert status == 0, "the smoke notebooks failed; see the executed notebooks under " + str(dirs["results"])
-    return dirs
-
-
-@pytest.fixture(scope="module")
-def reference_run(smoke_run, tmp_path_factory):
-    base = tmp_path_factory.mktemp("reference")
-    reference = base / "reference_in"
-    reference.mkdir()
-    for name in SUMMARIES:
-        shutil.copy(smoke_run["summary"] / "smoke" / f"{name}.csv", reference / f"{name}.csv")
-    status, dirs = _run(base, "reference", reference)
-    assert status == 0, "the notebooks failed with source=reference; see " + str(dirs["results"])
-    return dirs
-
-
-def _check_outputs(dirs: dict[str, Path]) -> None:
-    for stem in FIGURES:
+def _check_outputs(dirs: dict[str, Path], figures=FIGURES, tables=TABLES) -> None:
+    for stem in figures:
         for ext in ("png", "pdf"):
             path = dirs["figures"] / f"{stem}.{ext}"
             assert path.is_file() and path.stat().st_size > 0, path
-    for stem in TABLES:
+    for stem in tables:
         for ext in ("md", "tex"):
             path = dirs["tables"] / f"{stem}.{ext}"
             assert path.is_file() and path.stat().st_size > 0, path
@@ -90,17 +59,13 @@ def _check_outputs(dirs: dict[str, Path]) -> None:
     table2 = (dirs["tables"] / "table2_continuous.md").read_text()
     assert "TinyImagenet Acc. % paper" in table2 and "89.62 ± 0.41" in table2 and "not run" in table2
     assert "\\toprule" in (dirs["tables"] / "table1_continuous.tex").read_text()
-    executed = dirs["results"] / "executed" / "smoke"
-    for stem in NOTEBOOKS:
-        nb = nbformat.read(executed / f"{stem}.ipynb", as_version=4)
-        errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-                  if o.output_type == "error"]
-        assert errors == [], stem
 
 
 @pytest.mark.notebook
-@pytest.mark.timeout(1200)  # executes notebooks: minutes on a 2-core machine
-def test_smoke_notebooks_run(smoke_run):
+@pytest.mark.timeout(1200)  # the session's smoke pass: minutes on a 2-core machine
+def test_smoke_notebooks_run(smoke_notebooks):
+    smoke_notebooks.check()
+    smoke_run = smoke_notebooks.dirs
     _check_outputs(smoke_run)
     for name in SUMMARIES:
         assert (smoke_run["summary"] / "smoke" / f"{name}.csv").is_file()
@@ -115,16 +80,37 @@ def test_smoke_notebooks_run(smoke_run):
 
 
 @pytest.mark.notebook
-@pytest.mark.timeout(1200)  # executes notebooks: minutes on a 2-core machine
-def test_reference_source_regenerates_without_training(reference_run, smoke_run):
-    _check_outputs(reference_run)
-    assert not reference_run["runs"].exists() or not any(reference_run["runs"].iterdir())  # nothing trained
-    assert not (reference_run["summary"] / "smoke").exists()  # and no summary written
+@pytest.mark.timeout(1200)  # the session's smoke passes: minutes on a 2-core machine
+def test_reference_source_regenerates_without_training(smoke_reference, smoke_notebooks):
+    smoke_reference.check()
+    reference_run = smoke_reference.dirs
+    _check_outputs(reference_run, figures=(), tables=TABLES_03)
+    assert not reference_run["runs"].exists()  # nothing trained
+    assert not reference_run["summary"].exists()  # and no summary written
     # the tables rebuilt from the reference summaries say so, and carry the same numbers
     first = (reference_run["tables"] / "table1_continuous.md").read_text().splitlines()
     assert "numbers from" in first[0] and "reference_in" in first[0]
-    ours = (smoke_run["tables"] / "table1_continuous.md").read_text().splitlines()[1:]
+    ours = (smoke_notebooks.dirs["tables"] / "table1_continuous.md").read_text().splitlines()[1:]
     assert first[1:] == ours
+
+
+@pytest.mark.notebook
+@pytest.mark.timeout(1200)  # the session's quick reference pass: minutes on a 2-core machine
+def test_figure1_and_p1_notebooks_regenerate_from_the_committed_reference(quick_reference):
+    """Notebooks 02 and 05 from results/reference/ alone: their figures and tables, captioned with the profile,
+    the seeds and the summary they were read from (nothing trained, nothing written: test_reference_results)."""
+    quick_reference.check()
+    dirs = quick_reference.dirs
+    for stem in FIGURES:
+        for ext in ("png", "pdf"):
+            assert (dirs["figures"] / f"{stem}.{ext}").stat().st_size > 0, stem
+    for stem, summary in (("fig1_unit_counts", "units"), ("fig4_p1_sweep", "p1_sweep")):
+        first = (dirs["tables"] / f"{stem}.md").read_text().splitlines()[0]
+        seeds = sorted(set(pd.read_csv(REFERENCE / f"{summary}.csv")["seed"]))
+        assert "Profile: quick" in first and "epochs: " in first, first
+        assert f"seeds: {', '.join(map(str, seeds))} (n={len(seeds)})" in first, first
+        assert f"numbers from {REFERENCE / summary}.csv" in first, first
+        assert (dirs["tables"] / f"{stem}.tex").stat().st_size > 0, stem
 
 
 # --------------------------------------------------------------------------------------------------

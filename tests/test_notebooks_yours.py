@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import nbformat
 import pytest
 
 from bmrs import notebook_runner as runner
-
-
-def _outputs(executed: Path) -> str:
-    nb = nbformat.read(executed, as_version=4)
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
-    assert errors == [], errors
-    parts = []
-    for c in nb.cells:
-        for o in c.get("outputs", []) if c.cell_type == "code" else []:
-            parts.append(o.get("text", ""))
-            parts.extend(str(v) for k, v in o.get("data", {}).items() if k in ("text/markdown", "text/plain"))
-    return "\n".join(parts)
+from conftest import notebook_outputs as _outputs
 
 
 @pytest.mark.notebook

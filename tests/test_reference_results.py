@@ -1,9 +1,11 @@
 """The committed quick-profile results: ``results/reference/*.csv`` and ``figures/``.
 
 The figure and table notebooks (02-07) run with the quick profile and ``source="reference"`` from the
-repository's committed ``results/reference/`` alone (what Binder, Colab and a reader without a GPU do):
-an empty runs directory stays empty, every promised figure and table is written (into a temporary
-directory, so the repository is untouched), the tables carry the committed numbers, and every
+repository's committed ``results/reference/`` alone (what Binder, Colab and a reader without a GPU do; once
+per session: ``quick_reference`` in tests/conftest.py, whose outputs the notebooks' own test files also check):
+no runs or summary directory is created, every promised figure and table is written (into a temporary
+directory, so the repository is untouched) with a caption naming where its numbers come from, the tables
+carry the committed numbers, and every
 regenerated figure has the size of the committed one in ``figures/`` (so the committed gallery is
 the quick profile's).
 """
@@ -17,23 +19,22 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.image as mpimg  # noqa: E402
-import nbformat  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from bmrs import notebook_runner as runner  # noqa: E402
+from conftest import REFERENCE, STUDY_NOTEBOOKS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT / "results" / "reference"
-NOTEBOOKS = ("02_figure1_units", "03_continuous_pruning", "04_post_training", "05_bmrs_u_precision", "06_cost",
-             "07_baselines")
+NOTEBOOKS = STUDY_NOTEBOOKS
 SUMMARIES = ("units", "continuous", "posttrain", "ranks", "p1_sweep", "cost_steps", "cost_compaction",
              "baselines", "posttrain_baselines")
 FIGURES = ("fig1_units", "fig2_posttrain_fashion_mnist_mlp", "fig2_posttrain_fashion_mnist_lenet5",
            "fig6_ranks_fashion_mnist_mlp", "fig6_ranks_fashion_mnist_lenet5", "fig4_p1_sweep", "cost_noise_overhead",
            "cost_compaction", "posttrain_baselines")
 TABLES = ("table1_continuous", "table2_continuous", "bmrs_n_variants", "continuous_claims", "posttrain_claims",
-          "fig4_p1_sweep", "table3_runtimes", "table4_runtimes", "cost_compaction", "baselines", "fig1_unit_counts")
+          "posttrain_stops_fashion_mnist_mlp", "posttrain_stops_fashion_mnist_lenet5", "fig4_p1_sweep",
+          "table3_runtimes", "table4_runtimes", "cost_compaction", "baselines", "fig1_unit_counts")
 
 
 def test_reference_summaries_are_committed_and_from_the_quick_profile():
@@ -50,24 +51,14 @@ def test_reference_summaries_are_committed_and_from_the_quick_profile():
 
 
 @pytest.mark.notebook
-@pytest.mark.timeout(1200)  # executes notebooks: minutes on a 2-core machine
-def test_figure_and_table_notebooks_regenerate_from_the_committed_reference(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("BMRS_QUIET", "1")
-    runs, figures, tables = tmp_path / "runs", tmp_path / "figures", tmp_path / "tables"
-    runs.mkdir()
-    args = ["--profile", "quick", "--only", *NOTEBOOKS, "--quiet", "--force", "--results-dir", str(tmp_path / "results")]
-    for key, value in {"source": "reference", "reference_dir": str(REFERENCE), "runs_dir": str(runs),
-                       "summary_dir": str(tmp_path / "summary"), "figures_dir": str(figures),
-                       "tables_dir": str(tables)}.items():
-        args += ["--param", f"{key}={value}"]
-    status = runner.main(args)
-    captured = capsys.readouterr()
-    assert status == 0, captured.err
-    for stem in NOTEBOOKS:
-        nb = nbformat.read(tmp_path / "results" / "executed" / "quick" / f"{stem}.ipynb", as_version=4)
-        errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
-        assert errors == [], stem
-    assert list(runs.iterdir()) == [], "a reference rerun must train nothing"
+@pytest.mark.timeout(1200)  # the session's quick reference pass (tests/conftest.py): minutes on a 2-core machine
+def test_figure_and_table_notebooks_regenerate_from_the_committed_reference(quick_reference):
+    assert quick_reference.stems == NOTEBOOKS and quick_reference.dirs["reference"] == REFERENCE
+    quick_reference.check()  # every notebook ran, no cell raised
+    dirs = quick_reference.dirs
+    figures, tables = dirs["figures"], dirs["tables"]
+    assert not dirs["runs"].exists(), "a reference rerun must train nothing"
+    assert not dirs["summary"].exists(), "a reference rerun must write no summary"
 
     for stem in FIGURES:
         for ext in ("png", "pdf"):
@@ -81,6 +72,8 @@ def test_figure_and_table_notebooks_regenerate_from_the_committed_reference(tmp_
         for ext in ("md", "tex"):
             path = tables / f"{stem}.{ext}"
             assert path.is_file() and path.stat().st_size > 0, path
+        first = (tables / f"{stem}.md").read_text().splitlines()[0]
+        assert "Profile: quick" in first and "numbers from" in first, (stem, first)  # says where they come from
 
     # the tables show the committed numbers beside the paper's
     table1 = (tables / "table1_continuous.md").read_text()
@@ -90,6 +83,24 @@ def test_figure_and_table_notebooks_regenerate_from_the_committed_reference(tmp_
     baselines = (tables / "baselines.md").read_text()
     for acc in pd.read_csv(REFERENCE / "baselines.csv")["test_acc"]:
         assert f"| {acc:.2f} " in baselines, acc
+
+
+@pytest.mark.notebook
+@pytest.mark.timeout(1200)  # the session's smoke pass (tests/conftest.py): minutes on a 2-core machine
+def test_the_summaries_this_code_writes_have_the_columns_of_the_committed_ones(smoke_notebooks):
+    """The notebooks' source="reference" branch is run on the committed summaries (above) and, for 03 and 07, on
+    fresh ones (``smoke_reference``); this holds it to every summary the code writes now: each fresh smoke summary
+    has exactly the columns of its committed counterpart (else the committed reference is stale, or the branch
+    reads a column the code no longer writes)."""
+    smoke_notebooks.check()
+    fresh = smoke_notebooks.dirs["summary"] / "smoke"
+    assert sorted(p.stem for p in fresh.glob("*.csv")) == sorted(SUMMARIES)
+    for name in SUMMARIES:
+        ours, committed = pd.read_csv(fresh / f"{name}.csv"), pd.read_csv(REFERENCE / f"{name}.csv")
+        assert set(ours.columns) == set(committed.columns), (
+            f"{name}.csv: written now {sorted(set(ours.columns) - set(committed.columns))}, committed only "
+            f"{sorted(set(committed.columns) - set(ours.columns))}; republish: python -m bmrs.report.study publish "
+            "--profile quick")
 
 
 FMNIST = ROOT / "results" / "reference" / "fmnist"

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import pytest
 
+from bmrs.run import cli, grid
 from bmrs.run import experiments as ex
-from bmrs.run import grid
 from bmrs.run.config import RunConfig
 from bmrs.run.store import run_dir
+from conftest import TINY_NOTEBOOKS, write_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "slurm_local.sh"
@@ -80,8 +81,7 @@ def slurm(tmp_path_factory):
         assert start.returncode == 0, f"scripts/slurm_local.sh start failed:\n{start.stderr}"
         match = re.fullmatch(r"export SLURM_CONF=(\S+)", start.stdout.strip())
         assert match, f"start printed {start.stdout!r}"
-        yield {"base": base, "conf": match.group(1), "env": {**os.environ, "SLURM_CONF": match.group(1)},
-               "start_s": time.perf_counter() - t0}
+        yield {"base": base, "conf": match.group(1), "start_s": time.perf_counter() - t0}
     finally:
         stop = subprocess.run([str(SCRIPT), "stop", str(base)], capture_output=True, text=True, timeout=240)
         status = subprocess.run([str(SCRIPT), "status", str(base)], capture_output=True, text=True, timeout=60)
@@ -99,30 +99,18 @@ def _long_epochs(tmp_path: Path) -> int:
 
 def _profile(configs: Path, epochs: int) -> None:
     long = ", ".join(f"{k}: {v}" for k, v in {**LONG_SETTING, "epochs": epochs}.items())
-    tiny = ("{dataset: digits, network: mlp, epochs: 1, finetune_epochs: 1, limit_train: 300, limit_test: 200, "
-            "batch_size: 32}")
-    configs.mkdir(parents=True)
-    (configs / "slurmgrid.yaml").write_text(f"""profile: slurmgrid
+    write_profile(configs, "slurmgrid", f"""profile: slurmgrid
 notebooks:
   02_figure1_units:
     setting: {{{long}}}
     method: none
     run_seed: 1000
-  03_continuous_pruning:
-    table1_settings: [&mlp {tiny}]
-    methods: [none, etheta, l2]
-    seeds: [1000]
-  04_post_training:
-    settings: [*mlp]
-    seeds: [1000]
-    criteria: [l2]
-    levels: [0, 50]
-""")
+""" + TINY_NOTEBOOKS)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_slurm_grid_failure_interrupt_resubmission_and_requeue(slurm, tmp_path):
+def test_slurm_grid_failure_interrupt_resubmission_and_requeue(slurm, tmp_path, capsys, monkeypatch):
     t0 = time.perf_counter()
     configs, results = tmp_path / "configs", tmp_path / "runs"
     epochs = _long_epochs(tmp_path)
@@ -135,22 +123,31 @@ def test_slurm_grid_failure_interrupt_resubmission_and_requeue(slurm, tmp_path):
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"not a checkpoint")  # this run fails at once; the fix: delete the file
 
-    env = {**slurm["env"], "BMRS_QUIET": "1", "PYTHONUNBUFFERED": "1"}
-    base = [sys.executable, "-m", "bmrs", "grid", "--profile", "slurmgrid", "--configs-dir", str(configs),
-            "--results-dir", str(results), "--executor", "slurm"]
-    submit = [*base, "--time", "1", "--signal-delay", "5", "--wait"]
+    env = {"SLURM_CONF": slurm["conf"], "BMRS_QUIET": "1", "PYTHONUNBUFFERED": "1"}
+    grid_argv = ["grid", "--profile", "slurmgrid", "--configs-dir", str(configs), "--results-dir", str(results),
+                 "--executor", "slurm"]
+    submit = [*grid_argv, "--time", "1", "--signal-delay", "5", "--wait"]
+    # Every command but the interrupted one runs in this process (the same code, without a fresh interpreter's
+    # imports); the jobs it submits inherit this environment, as from a shell.
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(ROOT)
 
-    def run(cmd, timeout=600):
-        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    def run(argv):
+        capsys.readouterr()
+        code = cli.main(argv)
+        out = capsys.readouterr()
+        return code, out.out, out.err
 
     # 1. A partition the cluster lacks: Slurm's error, once, and nothing submitted.
-    bad = run([*base, "--partition", "nosuch"])
-    assert bad.returncode == 2 and bad.stderr.count("invalid partition") == 1, bad.stderr
-    assert len(bad.stderr.strip().splitlines()) == 1 and not (results / ".grid" / "jobs").exists()
+    code, _, err = run([*grid_argv, "--partition", "nosuch"])
+    assert code == 2 and err.count("invalid partition") == 1, err
+    assert len(err.strip().splitlines()) == 1 and not (results / ".grid" / "jobs").exists()
 
     # 2. Submit and wait; Ctrl-C the waiting command: the jobs keep running.
     # SIGINT at its default even where the tests run in a shell's background (which ignores SIGINT in its jobs)
-    proc = subprocess.Popen(submit, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([sys.executable, "-m", "bmrs", *submit], cwd=ROOT, env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     for line in proc.stdout:
@@ -162,29 +159,30 @@ def test_slurm_grid_failure_interrupt_resubmission_and_requeue(slurm, tmp_path):
     head = "".join(lines)
     assert proc.returncode == 130 and "keep running" in err, head + out + err
     assert "submitted 7 task(s)" in head and head.count("after job(s)") == 2, head  # wave 1 after its inputs
-    st = run([*base, "--status"], timeout=120)
-    m = re.search(r"done (\d+) running (\d+) failed (\d+) missing (\d+)", st.stdout)
-    assert m and int(m.group(2)) >= 1 and int(m.group(4)) == 0 and "(Slurm job " in st.stdout, st.stdout
+    _, st, _ = run([*grid_argv, "--status"])
+    m = re.search(r"done (\d+) running (\d+) failed (\d+) missing (\d+)", st)
+    assert m and int(m.group(2)) >= 1 and int(m.group(4)) == 0 and "(Slurm job " in st, st
 
     # 3. The forced failure is reported with its Slurm log while the other jobs go on.
+    # (its job records the failure, then leaves the queue: until then --status counts the task as running)
     deadline = time.time() + 300
-    while grid.failure(broken, results) is None:
+    while broken not in grid.status(tasks, results, grid.slurm_queue())["failed"]:
         assert time.time() < deadline, "the broken task's job never reported its failure"
-        time.sleep(2)
-    st = run([*base, "--status"], timeout=120)
+        time.sleep(0.5)
+    _, st, _ = run([*grid_argv, "--status"])
     info = grid.failure(broken, results)
     assert "cannot be resumed" in info["error"] and info["job_id"]
-    assert f"failed: {broken.describe()} [{broken.key}]" in st.stdout, st.stdout
-    assert f"log: {info['log']}" in st.stdout and f"error: {info['error']}" in st.stdout
+    assert f"failed: {broken.describe()} [{broken.key}]" in st, st
+    assert f"log: {info['log']}" in st and f"error: {info['error']}" in st
     assert Path(info["log"]).is_file() and "cannot be resumed" in Path(info["stderr"]).read_text()
-    dry = run([*base, "--dry-run"], timeout=120)
-    assert "would submit 1 task(s)" in dry.stdout, dry.stdout  # only the failed one: the rest are done or queued
+    _, dry, _ = run([*grid_argv, "--dry-run"])
+    assert "would submit 1 task(s)" in dry, dry  # only the failed one: the rest are done or queued
 
     # 4. Fixed and resubmitted: only the failed task gets a new job; the command waits for every job.
     checkpoint.unlink()
-    again = run(submit)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "submitted 1 task(s)" in again.stdout and "done 7 running 0 failed 0 missing 0" in again.stdout, again.stdout
+    code, out, err = run(submit)
+    assert code == 0, out + err
+    assert "submitted 1 task(s)" in out and "done 7 running 0 failed 0 missing 0" in out, out
     assert grid.failure(broken, results) is None
     logs = sorted((results / ".grid" / "logs" / "slurm").glob("*_log.out"))
     jobs_of = {t.key: [p for p in logs if f"(task {t.key})" in p.read_text()] for t in tasks}
