@@ -109,24 +109,37 @@ FMNIST = ROOT / "results" / "reference" / "fmnist"
 @pytest.mark.notebook
 @pytest.mark.timeout(900)
 def test_fmnist_reference_regenerates_its_tables_without_training(tmp_path, capsys, monkeypatch):
-    """The paper-protocol Fashion-MNIST results (profile fmnist) are committed as summaries; notebooks 02 and 03
-    regenerate Figure 1, Table 1 and the verdicts from them alone."""
+    """The paper-protocol Fashion-MNIST results (profile fmnist) are committed as summaries; notebooks 02-05 and 07
+    regenerate Figures 1, 2, 4 and 6, Table 1, the verdicts, the post-training claims and the baselines from them
+    alone, and every figure committed under figures/fmnist/ comes back with its committed size."""
     if not (FMNIST / "continuous.csv").is_file():
         pytest.skip("no committed fmnist reference yet (python -m bmrs.report.study publish --profile fmnist)")
     monkeypatch.setenv("BMRS_QUIET", "1")
-    runs, tables = tmp_path / "runs", tmp_path / "tables"
+    runs, tables, figures = tmp_path / "runs", tmp_path / "tables", tmp_path / "figures"
     runs.mkdir()
-    args = ["--profile", "fmnist", "--only", "02_figure1_units", "--only", "03_continuous_pruning", "--quiet", "--force",
-            "--results-dir", str(tmp_path / "results")]
+    stems = ("02_figure1_units", "03_continuous_pruning", "04_post_training", "05_bmrs_u_precision", "07_baselines")
+    args = ["--profile", "fmnist", "--only", *stems, "--quiet", "--force", "--results-dir", str(tmp_path / "results")]
     for key, value in {"source": "reference", "reference_dir": str(FMNIST), "runs_dir": str(runs),
-                       "summary_dir": str(tmp_path / "summary"), "figures_dir": str(tmp_path / "figures"),
+                       "summary_dir": str(tmp_path / "summary"), "figures_dir": str(figures),
                        "tables_dir": str(tables)}.items():
         args += ["--param", f"{key}={value}"]
     assert runner.main(args) == 0, capsys.readouterr().err
     assert list(runs.iterdir()) == [], "a reference rerun must train nothing"
+    assert not (tmp_path / "summary").exists(), "a reference rerun must write no summary"
     summary = pd.read_csv(FMNIST / "continuous.csv")
     assert set(summary["profile"]) == {"fmnist"} and set(summary["train_epochs"]) == {50}
     verdicts = (tables / "table1_verdicts.md").read_text()
     mlp = summary[(summary["network"] == "mlp") & (summary["method"] == "bmrs_n_code")]["test_acc"]
     assert f"{mlp.mean():.2f} ± {mlp.std(ddof=0):.2f}" in verdicts  # our MLP BMRS_N over the committed seeds ...
     assert "84.99 ± 0.35" in verdicts  # ... beside the paper's
+    assert "Profile: fmnist" in verdicts.splitlines()[0] and "epochs: none run" not in verdicts
+
+    committed = sorted(p.name for p in (ROOT / "figures" / "fmnist").glob("*.png"))
+    assert committed, "figures/fmnist/ holds the published figures"
+    for name in committed:  # the committed gallery is what these summaries regenerate
+        fresh = figures / name
+        assert fresh.is_file(), f"{name} is committed but not regenerated from the reference"
+        assert mpimg.imread(fresh).shape == mpimg.imread(ROOT / "figures" / "fmnist" / name).shape, name
+    ranks = pd.read_csv(FMNIST / "ranks.csv")
+    if len(ranks):  # the rank correlations of Figure 6 reach the post-training claims
+        assert (tables / "posttrain_claims.md").is_file()
