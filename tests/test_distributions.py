@@ -54,23 +54,12 @@ QUAD = {
     "snr": TruncNormQuad.snr,
 }
 
-# KL loses relative accuracy when the posterior is much wider than the support ((b - a)/sigma << 1):
-# see test_kl_relative_accuracy_when_posterior_is_much_wider_than_support.
-_KL_NARROW_BUG = ("BUG: kl_log_uniform loses relative accuracy when (b - a)/sigma << 1: O(1) terms cancel to "
-                  "KL ~ 1e-12 (a=-3, b=-2, mu=-2.5, sigma=e^5: 1.42819e-12 vs exact 1.43136e-12, rel. err 2.2e-3)")
-# log E[θ] -> b when the posterior is piled against b; the library forms it as b + s1 - s0 with
-# s0, s1 = O(log m) and loses relative accuracy (b = 0 makes the value itself tiny).
-_LOG_E_BUG = ("BUG: log_expected_theta loses relative accuracy when E[θ] ~ e^b, b = 0: mu=1000, log_sigma=-10 "
-              "gives -2.06057e-12 vs exact -2.06115e-12 (rel. err 2.8e-4); mu=0.1, log_sigma=-20 gives 0.0 vs -4.2e-17")
 
 
 def _cases():
     for a, b in BOUNDS:
         for name in LIB:
-            marks = ()
-            if name == "log_expected_theta" and b == 0.0:
-                marks = pytest.mark.xfail(strict=True, reason=_LOG_E_BUG)
-            yield pytest.param(name, a, b, marks=marks, id=f"{name}-a{a:g}-b{b:g}")
+            yield pytest.param(name, a, b, id=f"{name}-a{a:g}-b{b:g}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -149,14 +138,14 @@ def test_spec_closed_forms_are_the_textbook_ones():
         assert D.log_normalizer(*t).item() == pytest.approx(math.log(z), rel=1e-8, abs=0)
 
 
-@pytest.mark.xfail(strict=True, reason=_KL_NARROW_BUG)
 def test_kl_relative_accuracy_when_posterior_is_much_wider_than_support():
-    """KL -> 0 as sigma grows relative to b - a (q tends to the log-uniform prior). The library
-    forms it as log(b-a) - log sigma - ½log 2π - log Z - ½E[z²], O(1) terms that cancel to ~1e-12;
-    the absolute error ~1e-14 of log Z (Z from 1 - ½[erfc(-p) + erfc(q)]) then dominates."""
+    """KL -> 0 as sigma grows relative to b - a (q tends to the log-uniform prior). Written as
+    log(b-a) - log sigma - ½log 2π - log Z - ½E[z²], O(1) terms would cancel to ~1e-12 (the absolute
+    error ~1e-14 of log Z then dominates: 1.42819e-12, rel. err 2.2e-3); the library switches to the
+    tilted-uniform form for (b - a)/sigma < 0.125 (distributions._kl_narrow_value)."""
     a, b, mu, sigma = -3.0, -2.0, -2.5, math.exp(5.0)
     lib = D.kl_log_uniform(torch.tensor(mu, dtype=torch.float64), torch.tensor(sigma, dtype=torch.float64), a=a, b=b)
-    ref = R.kl(mu, mp.exp(5), a, b)  # 1.43135565e-12 (the library gives 1.42819e-12, rel. err 2.2e-3)
+    ref = R.kl(mu, mp.exp(5), a, b)  # 1.43135565e-12
     assert lib.item() == pytest.approx(float(ref), rel=RTOL, abs=0)
 
 
@@ -265,17 +254,10 @@ def test_special_helper_values_match_mpmath(name):
     assert_close_rel(lib.numpy(), refs, 1e-10, floor=1e-300, labels=[f"t={x:g}" for x in _T], what=name)
 
 
-def _helper_grad_cases():
-    for name in _HELPERS:
-        marks = ()
-        if name == "tail_variance":
-            marks = pytest.mark.xfail(strict=True, reason="BUG: special.tail_variance backward V'(t) = λ(V - g²) "
-                                      "cancels for large |t| (t=1e8: -1.23e-24 vs exact -2.0e-24; t=1e12: 0 vs -2e-36; t=-10: -0.0 vs -7.6e-21)")
-        yield pytest.param(name, marks=marks)
-
-
-@pytest.mark.parametrize("name", list(_helper_grad_cases()))
+@pytest.mark.parametrize("name", list(_HELPERS))
 def test_special_helper_gradients_match_mpmath(name):
+    """Includes V'(t) = λ(V − g²) at t = 1e8, 1e12 (two ≈ 1/t² terms cancelling to ≈ −2/t⁴: taken from the
+    continued fraction) and at t = −10 (λ ≈ 8e-23 must not be formed as g + t)."""
     fn, ref = _HELPERS[name]
     t = torch.tensor(_T, dtype=torch.float64, requires_grad=True)
     fn(t).sum().backward()
@@ -355,29 +337,28 @@ def test_kl_public_api_gradient_float32_and_log_sigma_chain_rule():
 
 
 # --------------------------------------------------------------------------------------------------
-# Gradients of E[θ] and SNR (autograd through the stable forms) vs mpmath. Not used in training (the
+# Gradients of E[θ], SNR and Var θ (autograd through the stable forms) vs mpmath. Not used in training (the
 # KL has its own closed-form gradient), but E[θ]'s gradient is the reference of the pathwise check
-# below and both functions are differentiable public API.
+# below and all three functions are differentiable public API.
 # --------------------------------------------------------------------------------------------------
 
-_MOMENTS = {"expected_theta": (D.expected_theta, R.expected_theta), "snr": (D.snr, R.snr)}
+_MOMENTS = {"expected_theta": (D.expected_theta, R.expected_theta), "snr": (D.snr, R.snr),
+            "var_theta": (D.var_theta, R.var_theta)}
 _MOMENT_POINTS = {
     # posterior inside or near [a, b], or wide: autograd is accurate
     "bulk": [(-25.0, 1.0), (-19.9, 0.0), (-10.0, 2.0), (-1.0, 1.0), (0.0, -2.0), (3.0, 0.5), (-15.0, -5.0),
              (-40.0, 5.0)],
-    # posterior outside [a, b] with sigma <= e^-10 (see the xfail reason)
+    # posterior outside [a, b] with sigma <= e^-10: the scaled forms' ~1/sigma-sized derivatives would cancel
+    # (dE/dmu at mu=0.1, log_sigma=-20: 0.0 vs exact 4.25e-16; dSNR/dmu at mu=-1000, log_sigma=-20: +4.4e24 vs
+    # exact -2.35e17); E[θ] uses the integral form there, the SNR the continued-fraction derivative of V
     "far-tail": [(-1000.0, -20.0), (-100.0, -10.0), (1000.0, -10.0), (25.0, -10.0), (0.1, -20.0)],
 }
 
 
 def _moment_cases():
     for name in _MOMENTS:
-        yield pytest.param(name, "bulk", id=f"{name}-bulk")
-        yield pytest.param(name, "far-tail", id=f"{name}-far-tail", marks=pytest.mark.xfail(
-            strict=True, reason=f"BUG: autograd gradient of {name} is wrong when the posterior lies outside [a, b] "
-                                "with sigma <= e^-10 (the backward of the scaled forms cancels ~1/sigma-sized "
-                                "terms): dE/dmu at mu=0.1, log_sigma=-20 is 0.0 vs exact 4.25e-16; dSNR/dmu at "
-                                "mu=-1000, log_sigma=-20 is +4.4e24 vs exact -2.35e17"))
+        for region in _MOMENT_POINTS:
+            yield pytest.param(name, region, id=f"{name}-{region}")
 
 
 @pytest.mark.parametrize("name,region", list(_moment_cases()))
@@ -550,3 +531,41 @@ def test_sample_theta_bad_eps_raises(eps):
 def test_sample_theta_bad_uniform_shape_raises():
     with pytest.raises(ValueError, match=r"uniform has shape \(3,\).*does not broadcast with \(2,\)"):
         D.sample_theta(torch.zeros(2), torch.ones(2), uniform=torch.rand(3))
+
+
+# --------------------------------------------------------------------------------------------------
+# Regimes with their own branches: narrow support (KL) and E[θ] piled against a bound at 0
+# --------------------------------------------------------------------------------------------------
+
+# (a, b, mu, sigma) in the narrow-support branch: (b - a)/sigma from 0.001 to 0.124 (the switch is at 0.125),
+# the tilt A = ((a+b)/2 - mu)(b - a)/(2 sigma^2) from 2e-6 to ±0.999 (the branch's limit is 1)
+_NARROW = [(-3.0, -2.0, -2.4, math.exp(5.0)), (-3.0, -2.0, 60.0, math.exp(5.0)), (-3.0, -2.0, 44000.0, math.exp(5.0)),
+           (-1e-3, 0.0, 1.0, 1.0), (-20.0, -19.9, -19.0, 0.81), (-13.0, 0.0, -900.0, 105.0), (-13.0, 0.0, 700.0, 105.0),
+           (-5.0, -1.0, 3000.0, math.exp(5.0)), (-5.0, -1.0, -500.0, 33.0)]
+
+
+@pytest.mark.parametrize("path", ["kernel", "torch"])
+def test_kl_and_gradient_match_mpmath_for_narrow_supports(path):
+    fn = D.kl_per_unit if path == "kernel" else D._kl
+    labels = [f"a={a:g}, b={b:g}, mu={m:g}, sigma={s:g}" for a, b, m, s in _NARROW]
+    vals, g_mu, g_sigma = [], [], []
+    for a, b, m, s in _NARROW:
+        v, gm, gs = _kl_grads(fn, np.array([m]), np.array([s]), a, b)
+        vals.append(v[0]), g_mu.append(gm[0]), g_sigma.append(gs[0])
+    assert_close_rel(vals, [R.kl(m, s, a, b) for a, b, m, s in _NARROW], 1e-13, labels=labels, what=f"KL ({path})")
+    assert_matches_mp_derivative(np.array(g_mu), lambda i: (lambda x: R.kl(x, *_NARROW[i][3:], *_NARROW[i][:2])),
+                                 [p[2] for p in _NARROW], labels, f"dKL/dmu ({path})", rtol=1e-12)
+    assert_matches_mp_derivative(np.array(g_sigma), lambda i: (lambda x: R.kl(_NARROW[i][2], x, *_NARROW[i][:2])),
+                                 [p[3] for p in _NARROW], labels, f"dKL/dsigma ({path})", rtol=1e-12)
+
+
+@pytest.mark.parametrize("a,b,mu,sigma", [(-20.0, 0.0, 1e-3, 1e-3), (-20.0, 0.0, 0.05, 0.01),
+                                          (-1e-2, 0.0, 0.1, 0.03), (0.0, 20.0, -1e-5, 1e-6),
+                                          (0.0, 0.015, -0.3, 0.03), (0.0, 5.0, -50.0, math.exp(-10.0))])
+def test_log_expected_theta_relative_accuracy_at_a_bound_at_zero(a, b, mu, sigma):
+    """log E[θ] = c + D with c = 0 the bound the posterior is piled against and |D| small: D must be
+    accurate in relative terms (at both bounds; the grid has only b = 0)."""
+    lib = D.log_expected_theta(torch.tensor([mu], dtype=torch.float64), torch.tensor([sigma], dtype=torch.float64),
+                               a=a, b=b)
+    ref = mp.log(R.expected_theta(mu, sigma, a, b))
+    assert_close_rel(lib.numpy(), [ref], 1e-12, labels=[f"mu={mu:g}, sigma={sigma:g}"], what="log E[θ]")

@@ -263,6 +263,72 @@ def _entropy_part(alpha: float, beta: float, width: float) -> tuple[float, float
     return value, d_near, d_far
 
 
+# Narrow support (b − a ≪ σ): the tilted-uniform form of the KL (distributions._kl_narrow_value). Used where
+# w = (b − a)/σ < KL_NARROW_WIDTH and |A| ≤ KL_NARROW_TILT. The default bounds (b − a = 20, σ ≤ e⁵) never
+# reach it (w ≥ 0.135).
+KL_NARROW_WIDTH = 0.125
+KL_NARROW_TILT = 1.0
+_nodes, _weights = np.polynomial.legendre.leggauss(12)
+#: the 6 positive Gauss–Legendre nodes on [−1, 1] and their weights halved (the uniform average)
+NARROW_X = np.ascontiguousarray(_nodes[_nodes > 0])
+NARROW_W = np.ascontiguousarray(0.5 * _weights[_nodes > 0])
+_SERIES_TERMS = 30
+#: p(F) = (F − 1)e^F + 1 = F² Σⱼ P_COEF[j] Fʲ, P_COEF[j] = (j + 1)/(j + 2)!
+P_COEF = np.array([(j + 1) / math.factorial(j + 2) for j in range(_SERIES_TERMS - 1)])
+#: r(y) = (1 + y) log(1 + y) − y = y² Σⱼ R_COEF[j] yʲ, R_COEF[j] = (−1)ʲ/((j + 2)(j + 1))
+R_COEF = np.array([(-1) ** j / ((j + 2) * (j + 1)) for j in range(_SERIES_TERMS - 1)])
+
+
+@numba.njit(cache=True, inline="always")
+def _horner(coef: np.ndarray, x: float) -> float:
+    acc = 0.0
+    for j in range(coef.shape[0] - 1, -1, -1):
+        acc = acc * x + coef[j]
+    return acc
+
+
+@numba.njit(cache=True)
+def kl_narrow(tilt: float, curv: float) -> tuple[float, float, float]:
+    """KL of q(x) ∝ exp(−A x − B x²) on [−1, 1] against U[−1, 1] (A = tilt, B = curv), with ∂/∂A and ∂/∂B.
+
+    distributions._kl_narrow_value documents the formula: with F = −A x − B(x² − 1/3), M − 1 = E_u[e^F − 1]
+    and P = E_u[(F − 1)e^F + 1], KL = (P − r(M − 1))/M; ∂KL/∂A = A Var_q x + B Cov_q(x, x²),
+    ∂KL/∂B = A Cov_q(x, x²) + B Var_q x². E_u by 12-point Gauss–Legendre, the nodes ±x taken in pairs
+    (so that A = 0 gives ∂KL/∂A = 0 exactly).
+    """
+    m1 = 0.0
+    p = 0.0
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    s4 = 0.0
+    for j in range(NARROW_X.shape[0]):
+        x = NARROW_X[j]
+        wt = NARROW_W[j]
+        even = -curv * (x * x - 1.0 / 3.0)
+        odd = tilt * x
+        f_plus = even - odd
+        f_minus = even + odd
+        m1 += wt * (math.expm1(f_plus) + math.expm1(f_minus))
+        p += wt * (f_plus * f_plus * _horner(P_COEF, f_plus) + f_minus * f_minus * _horner(P_COEF, f_minus))
+        q_even = wt * math.exp(even) * 2.0 * math.cosh(odd)  # wt (e^{F(x)} + e^{F(−x)})
+        q_odd = -wt * math.exp(even) * 2.0 * math.sinh(odd)  # wt (e^{F(x)} − e^{F(−x)})
+        x2 = x * x
+        s0 += q_even
+        s1 += x * q_odd
+        s2 += x2 * q_even
+        s3 += x2 * x * q_odd
+        s4 += x2 * x2 * q_even
+    value = (p - m1 * m1 * _horner(R_COEF, m1)) / (1.0 + m1)
+    e1 = s1 / s0
+    e2 = s2 / s0
+    var1 = e2 - e1 * e1
+    cov12 = s3 / s0 - e1 * e2
+    var2 = s4 / s0 - e2 * e2
+    return value, tilt * var1 + curv * cov12, tilt * cov12 + curv * var2
+
+
 @numba.njit(cache=True)
 def kl_with_grad(mu: np.ndarray, sigma: np.ndarray, a: float, b: float,
                  kl: np.ndarray, d_mu: np.ndarray, d_sigma: np.ndarray) -> None:
@@ -270,10 +336,21 @@ def kl_with_grad(mu: np.ndarray, sigma: np.ndarray, a: float, b: float,
 
     KL = log(b − a) − ½ log 2π − log σ − N(α, β);  ∂KL/∂μ = (∂N/∂α + ∂N/∂β)/σ,
     ∂KL/∂σ = (−1 + α ∂N/∂α + β ∂N/∂β)/σ, since ∂α/∂μ = ∂β/∂μ = −1/σ, ∂α/∂σ = −α/σ, ∂β/∂σ = −β/σ.
+    Narrow supports ((b − a)/σ < KL_NARROW_WIDTH, |A| ≤ KL_NARROW_TILT) use kl_narrow instead.
     """
     const = math.log(b - a) - _HALF_LOG_2PI
+    mid = 0.5 * (a + b)
     for i in range(mu.shape[0]):
         s = sigma[i]
+        half_width = 0.5 * ((b - a) / s)
+        tilt = (mid - mu[i]) / s * half_width
+        if 2.0 * half_width < KL_NARROW_WIDTH and abs(tilt) <= KL_NARROW_TILT:
+            # A = ((a + b)/2 − μ)(b − a)/(2σ²), B = (b − a)²/(8σ²): ∂A/∂μ = −h/σ, ∂A/∂σ = −2A/σ, ∂B/∂σ = −2B/σ
+            curv = 0.5 * half_width * half_width
+            kl[i], dk_a, dk_b = kl_narrow(tilt, curv)
+            d_mu[i] = -dk_a * half_width / s
+            d_sigma[i] = -2.0 * (tilt * dk_a + curv * dk_b) / s
+            continue
         alpha = (a - mu[i]) / s
         beta = (b - mu[i]) / s
         n, dn_a, dn_b = _entropy_part(alpha, beta, (b - a) / s)

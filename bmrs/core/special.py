@@ -163,6 +163,35 @@ def _tail_variance_value(t: Tensor) -> Tensor:
     return piecewise(t >= _CF_SWITCH, _v_cf, _v_direct, t)
 
 
+def _dv_direct(t: Tensor) -> Tensor:
+    # λ = exp(log λ), not g + t: for t < 0, g = λ − t ≈ |t| and g + t would cancel to 0 (t = −10: λ ≈ 8e−23).
+    # For 0 ≤ t < 10 λ = g + t (a sum of positive numbers) and V − g² loses at most ~t² ulps.
+    g = _g_direct(t)
+    lam = torch.where(t < 0, torch.exp(_log_inv_mills_value(t)), g + t)
+    return lam * ((1.0 - lam * g) - g * g)
+
+
+def _dv_cf(t: Tensor) -> Tensor:
+    c3 = _continued_fraction_tail(t, 3)
+    c2 = t + 3.0 / c3
+    c1 = t + 2.0 / c2
+    c0 = t + 1.0 / c1
+    return 2.0 * (c0 / c1) * (2.0 / c2 - 3.0 / c3) / (c1 * c2)
+
+
+def _tail_variance_derivative(t: Tensor) -> Tensor:
+    """V'(t) = λ(t) (V(t) − g(t)²).
+
+    For t ≥ 10 the difference V − g² (two numbers ≈ 1/t² whose difference is ≈ −2/t⁴) is taken from the
+    continued fraction instead: with c_k the tails of mills_excess (c₀ = λ, c₁ = 1/g, c_k = t + (k+1)/c_{k+1}),
+    V = (2c₁ − c₂)/(c₂c₁²) and g² = 1/c₁², so V − g² = 2(c₁ − c₂)/(c₂c₁²) with c₁ − c₂ = 2/c₂ − 3/c₃ (≈ −1/t:
+    two terms of fixed ratio ≈ 2/3, no cancellation), and
+
+        V'(t) = 2 (c₀/c₁) (2/c₂ − 3/c₃) / (c₁c₂)   (≈ −2/t³).
+    """
+    return piecewise(t >= _CF_SWITCH, _dv_cf, _dv_direct, t)
+
+
 # The three Mills-ratio functions get their derivatives from the identities
 #   d/dt log λ(t) = g(t),   g'(t) = −V(t),   V'(t) = λ(t) (V(t) − g(t)²),
 # which are evaluated stably; autograd through erfcx instead forms 2x·erfcx(x) − 2/√π, which cancels to
@@ -200,8 +229,7 @@ class _TailVariance(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         (t,) = ctx.saved_tensors
-        g = _mills_excess_value(t)
-        return grad * (g + t) * (_tail_variance_value(t) - g * g)
+        return grad * _tail_variance_derivative(t)
 
 
 def log_inv_mills(t: Tensor) -> Tensor:
@@ -215,7 +243,8 @@ def mills_excess(t: Tensor) -> Tensor:
 
 
 def tail_variance(t: Tensor) -> Tensor:
-    """V(t) = Var[Z | Z ≥ t], Z ~ N(0, 1); gradient λ(t)(V(t) − g(t)²)."""
+    """V(t) = Var[Z | Z ≥ t], Z ~ N(0, 1); gradient λ(t)(V(t) − g(t)²), from the continued fraction for
+    t ≥ 10 (see _tail_variance_derivative)."""
     return _TailVariance.apply(t)
 
 
