@@ -569,3 +569,17 @@ def test_log_expected_theta_relative_accuracy_at_a_bound_at_zero(a, b, mu, sigma
                                a=a, b=b)
     ref = mp.log(R.expected_theta(mu, sigma, a, b))
     assert_close_rel(lib.numpy(), [ref], 1e-12, labels=[f"mu={mu:g}, sigma={sigma:g}"], what="log E[θ]")
+
+
+@pytest.mark.parametrize("mu,log_sigma", [(1000.0, -20.0), (-1000.0, -20.0), (0.1, -20.0), (1000.0, -10.0)])
+def test_zero_dim_inputs_take_every_branch(mu, log_sigma):
+    """One unit as 0-d tensors (as notebook 01 and a user's scalar call pass them), at points in the piled-against-a-
+    bound branch of log E[θ]: value and gradient equal those of the same unit as a 1-element tensor."""
+    for fn in (D.kl_log_uniform, D.log_expected_theta, D.expected_theta, D.var_theta, D.snr):
+        m0 = torch.tensor(mu, dtype=torch.float64, requires_grad=True)
+        m1 = torch.tensor([mu], dtype=torch.float64, requires_grad=True)
+        s = math.exp(log_sigma)
+        v0, v1 = fn(m0, torch.tensor(s, dtype=torch.float64)), fn(m1, torch.tensor([s], dtype=torch.float64))
+        assert v0.dim() == 0 and v1.shape == (1,)
+        v0.backward(), v1.sum().backward()
+        assert v0.item() == v1.item() and m0.grad.item() == m1.grad.item(), fn.__name__
