@@ -378,12 +378,10 @@ def _log_expected_theta(mu: Tensor, sigma: Tensor, a: float, b: float) -> Tensor
     out = poly + tn1.s - tn0.s
     with torch.no_grad():
         piled = ((beta <= 0) | (alpha >= sigma)) & (sigma * tn0.e < _PILED_SHIFT)
-    if bool(piled.any()):  # flattened, so that 0-d inputs (one unit) take this path too
-        idx = piled.reshape(-1).nonzero(as_tuple=True)
-        at = lambda t: t.reshape(-1)[idx]  # noqa: E731
-        shifted = at(poly) + _bound_shift(at(alpha), at(beta), at(width), at(sigma))
-        out = out.reshape(-1).index_put(idx, shifted).reshape(out.shape)
-    return out
+    if not bool(piled.any()):
+        return out
+    return special.piecewise(piled, lambda al, be, wd, sg, po, _: po + _bound_shift(al, be, wd, sg),
+                             lambda al, be, wd, sg, po, o: o, alpha, beta, width, sigma, poly, out)
 
 
 def _bound_shift(alpha: Tensor, beta: Tensor, width: Tensor, sigma: Tensor) -> Tensor:
