@@ -360,3 +360,76 @@ def test_only_that_selects_nothing_exits_2_and_writes_nothing(tmp_path, capsys):
                      "--dry-run"]) == 2
     assert "selects no task" in capsys.readouterr().err
     assert not results.exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# --skip-published: what the committed summaries hold is not computed again
+# --------------------------------------------------------------------------------------------------
+
+def _published_profile(tmp_path: Path) -> tuple[Path, Path, list[grid.Task]]:
+    ref = tmp_path / "ref"
+    text = TINY.replace("  03_continuous_pruning:\n", f"  03_continuous_pruning:\n    reference_dir: {ref}\n")
+    configs = write_profile(tmp_path / "configs", "tiny", text)
+    ref.mkdir()
+    return configs, ref, grid.expand("tiny", configs)
+
+
+def _publish_rows(ref: Path, tasks: list[grid.Task], methods: set[str], curve_levels=None) -> None:
+    runs = [t for t in tasks if t.kind == "run" and t.config.method in methods]
+    lines = ["dataset,network,method,seed,test_acc,run_id"]
+    lines += [f"{t.config.dataset},{t.config.network},{t.config.method},{t.config.seed}.0,50.0,{t.config.run_id}"
+              for t in runs]
+    (ref / "continuous.csv").write_text("\n".join(lines) + "\n")
+    if curve_levels is not None:
+        sweep = next(t for t in tasks if t.kind == "sweep")
+        c = sweep.config
+        rows = [f"{c.dataset},{c.network},{c.seed},{sweep.criterion},{lv},50.0" for lv in curve_levels]
+        (ref / "posttrain.csv").write_text("dataset,network,seed,criterion,level,test_acc\n" + "\n".join(rows) + "\n")
+
+
+def test_skip_published_keeps_what_a_remaining_task_needs(tmp_path, capsys):
+    configs, ref, tasks = _published_profile(tmp_path)
+    by_method = {t.config.method: t for t in tasks if t.kind == "run"}
+    sweep = next(t for t in tasks if t.kind == "sweep")
+    _publish_rows(ref, tasks, {"none", "etheta", "bmrs_n_code"})
+    todo, skipped = grid.without_published(tasks, ref)
+    # l2 is not published, so the bmrs_n_code run it starts from is trained again, and the base run too
+    assert {t.key for t in skipped} == {by_method["none"].key, by_method["etheta"].key}
+    assert {t.key for t in todo} == {by_method["base"].key, by_method["bmrs_n_code"].key, by_method["l2"].key,
+                                     sweep.key}
+    results = tmp_path / "runs"
+    assert cli.main(grid_args(configs, results, "tiny", "--dry-run", "--skip-published")) == 0
+    out = capsys.readouterr().out
+    assert f"2 task(s) published in {ref}: skipped" in out
+    for t in skipped:
+        assert re.search(rf"^published\s+wave {t.wave}\s+{re.escape(t.describe())}\s+\[{t.key}\]$", out, re.M), out
+    assert "would compute 4 task(s)" in out and "(of 4 tasks)" in out
+    assert cli.main(grid_args(configs, results, "tiny", "--dry-run")) == 0  # without the flag: everything
+    assert "would compute 6 task(s)" in capsys.readouterr().out
+
+
+def test_skip_published_everything_published_computes_nothing(tmp_path, capsys):
+    configs, ref, tasks = _published_profile(tmp_path)
+    _publish_rows(ref, tasks, {"none", "etheta", "bmrs_n_code", "l2"}, curve_levels=[0.0, 50.0])
+    todo, skipped = grid.without_published(tasks, ref)
+    assert todo == [] and len(skipped) == 6  # the base run is skipped: everything that needs it is published
+    results = tmp_path / "runs"
+    assert cli.main(grid_args(configs, results, "tiny", "--skip-published")) == 0
+    assert "nothing left to compute" in capsys.readouterr().out
+    assert not results.exists(), "a grid with nothing to compute wrote results"
+
+
+@pytest.mark.parametrize("levels, is_published", [([0.0], True), ([0.0, 50.0], True), ([0.0, 25.0], False)])
+def test_a_sweep_is_published_when_its_curve_has_only_the_sweeps_levels(tmp_path, levels, is_published):
+    _, ref, tasks = _published_profile(tmp_path)
+    _publish_rows(ref, tasks, set(), curve_levels=levels)  # a curve may stop early, never at another level
+    sweep = next(t for t in tasks if t.kind == "sweep")
+    assert (sweep.key in grid.published(tasks, ref)) is is_published
+
+
+def test_skip_published_with_an_unreadable_summary_is_one_line(tmp_path, capsys):
+    configs, ref, _ = _published_profile(tmp_path)
+    (ref / "continuous.csv").write_bytes(b"\xff\xfe\x00garbage")
+    assert cli.main(grid_args(configs, tmp_path / "runs", "tiny", "--dry-run", "--skip-published")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot read the published summary" in err[0] and "git checkout" in err[0]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -98,6 +99,13 @@ def save_summary(df: pd.DataFrame, name: str, profile: str, directory: Path | st
     return path
 
 
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:  # a summary with no rows yet (a partial one of source "finished")
+        return pd.DataFrame()
+
+
 def load_summary(name: str, profile: str, source: str = "run", directory: Path | str | None = None) -> pd.DataFrame:
     """Read a summary; a missing file raises FileNotFoundError saying how to produce it."""
     path = summary_path(name, profile, source, directory)
@@ -105,10 +113,7 @@ def load_summary(name: str, profile: str, source: str = "run", directory: Path |
         hint = ("commit the quick profile's summaries with `python -m bmrs.report.study publish`" if source == "reference"
                 else f"run the notebook that produces it (./run_all.sh --profile {profile})")
         raise FileNotFoundError(f"{path} does not exist; {hint}")
-    try:
-        return pd.read_csv(path)
-    except pd.errors.EmptyDataError:  # a partial summary (source "finished") with no rows yet
-        return pd.DataFrame()
+    return _read_csv(path)
 
 
 def _run_config(setting: dict[str, Any], method: str, seed: int, profile: str) -> ex.RunConfig:
@@ -243,33 +248,70 @@ def unit_statistics(setting: dict[str, Any], method: str, seed: int, *, profile:
 
 
 def reference_dir_of(profile: str) -> Path:
-    """Where a profile's committed summaries live: the ``reference_dir`` its study notebooks are given in
-    ``configs/<profile>.yaml`` (results/reference/fmnist for the fmnist profile), else results/reference."""
-    prof = load_profile(profile, CONFIGS_DIR)
-    for stem in ("03_continuous_pruning", "04_post_training", "02_figure1_units"):
-        if "reference_dir" in prof.parameters(stem):
-            return Path(prof.parameters(stem)["reference_dir"])
-    return REFERENCE_DIR
+    """Where a profile's committed summaries live (:meth:`bmrs.run.profile.Profile.reference_dir`; default
+    results/reference)."""
+    return load_profile(profile, CONFIGS_DIR).reference_dir(REFERENCE_DIR)
+
+
+#: the columns that name what a summary row is a result of (its run, sweep or rank pair); a merge replaces the
+#: reference's rows that share these values with the new rows (a whole curve, a whole unit table)
+IDENTITY_COLUMNS = ("dataset", "network", "method", "criterion", "seed", "settings", "p1", "row", "col")
+
+
+def _identity(df: pd.DataFrame, columns: list[str]) -> pd.Series:
+    """One hashable identity per row. Numbers are compared as numbers (a seed read back as 1000.0 from a
+    column with gaps is the seed 1000); a missing value is its own value."""
+    def norm(v):
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return ("nan",) if v != v else float(v)
+        return str(v)
+    return pd.Series([tuple(norm(v) for v in row) for row in df[columns].itertuples(index=False, name=None)],
+                     index=df.index, dtype=object)
+
+
+def merge_summaries(reference: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """The reference's rows, except those whose identity (:data:`IDENTITY_COLUMNS` present in either table)
+    also occurs in ``new``, followed by all of ``new``'s rows: results computed on another machine or in
+    another session are kept, and a result computed again replaces its older copy as a whole (every level of
+    a post-training curve, every unit of a unit table). Columns are the union of both tables'."""
+    if new.empty:
+        return reference.copy()
+    if reference.empty:
+        return new.copy()
+    columns = [c for c in IDENTITY_COLUMNS if c in reference.columns or c in new.columns]
+    missing = [c for c in columns if c not in reference.columns or c not in new.columns]
+    if missing or not columns:
+        raise ValueError(f"cannot merge summaries: identity column(s) {missing or list(IDENTITY_COLUMNS)} are not "
+                         f"in both tables; publish without --merge to replace the reference")
+    replaced = _identity(reference, columns).isin(set(_identity(new, columns)))
+    kept = reference.loc[~replaced]
+    return pd.concat([kept, new], ignore_index=True, sort=False) if not kept.empty else new.copy()
 
 
 def publish_reference(profile: str = "quick", names: Iterable[str] | None = None,
-                      to: Path | str | None = None) -> list[Path]:
+                      to: Path | str | None = None, merge: bool = False) -> list[Path]:
     """Copy a profile's summaries (``results/summary/<profile>/*.csv``) to its reference directory
-    (:func:`reference_dir_of`, or ``to``): what the repository commits."""
+    (:func:`reference_dir_of`, or ``to``): what the repository commits. With ``merge``, each summary is merged
+    into the committed one (:func:`merge_summaries`) instead of replacing it: how a profile too long for one
+    machine or session accumulates (publish what finished here; results published before are kept)."""
     src = SUMMARY_DIR / profile
     if not src.exists():
         raise FileNotFoundError(f"{src} does not exist; run ./run_all.sh --profile {profile} first")
     target_dir = Path(to) if to is not None else reference_dir_of(profile)
-    target_dir.mkdir(parents=True, exist_ok=True)
-    out = []
-    for path in sorted(src.glob("*.csv")):
-        if names is not None and path.stem not in set(names):
-            continue
+    chosen = [p for p in sorted(src.glob("*.csv")) if names is None or p.stem in set(names)]
+    contents = {}
+    for path in chosen:  # everything is read and merged before anything is written
         target = target_dir / path.name
+        if merge and target.exists():
+            merged = merge_summaries(_read_csv(target), _read_csv(path))
+            contents[target] = merged.to_csv(index=False).encode() if not merged.empty else b"\n"
+        else:
+            contents[target] = path.read_bytes()
+    target_dir.mkdir(parents=True, exist_ok=True)
+    for target, data in contents.items():
         with atomic_path(target) as tmp:
-            tmp.write_bytes(path.read_bytes())
-        out.append(target)
-    return out
+            tmp.write_bytes(data)
+    return list(contents)
 
 
 def _main() -> int:
@@ -278,8 +320,16 @@ def _main() -> int:
     p = sub.add_parser("publish", help="copy results/summary/<profile>/*.csv to the profile's reference directory")
     p.add_argument("--profile", default="quick")
     p.add_argument("--only", nargs="*", help="summary names to publish (default: all)")
+    p.add_argument("--merge", action="store_true",
+                   help="merge into the committed summaries (keep rows of runs not computed here) instead of "
+                        "replacing them")
     args = parser.parse_args()
-    for path in publish_reference(args.profile, args.only):
+    try:
+        paths = publish_reference(args.profile, args.only, merge=args.merge)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for path in paths:
         print(path)
     return 0
 

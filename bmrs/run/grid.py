@@ -27,6 +27,7 @@ Rerunning computes only what is missing or failed. Bookkeeping lives under ``<re
 from __future__ import annotations
 
 import contextlib
+import csv
 import difflib
 import getpass
 import json
@@ -492,6 +493,66 @@ def status(tasks: list[Task], results_dir: Path | str, queue: dict[str, str] | N
     return out
 
 
+def _summary_rows(path: Path) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="") as fh:
+            return list(csv.DictReader(fh))
+    except (OSError, csv.Error, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read the published summary {path} ({exc}); restore it (git checkout {path}) "
+                         "or run without --skip-published") from exc
+
+
+def _seed_of(value: str) -> int | None:
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def published(tasks: list[Task], reference_dir: Path | str) -> set[str]:
+    """The keys of the tasks whose results the committed summaries in ``reference_dir`` already hold: a run
+    whose id a summary row names (``run_id``); a sweep with a curve of its network, dataset, seed and criterion
+    whose levels are among the sweep's (a curve can end early: a criterion with its own threshold stops); a
+    base run when every task that needs it is published. What another machine or session computed and
+    published is then not computed again (``--skip-published``)."""
+    run_ids: set[str] = set()
+    curves: dict[tuple, set[float]] = {}
+    for path in sorted(Path(reference_dir).glob("*.csv")):
+        rows = _summary_rows(path)
+        for r in rows:
+            if r.get("run_id"):
+                run_ids.add(r["run_id"])
+            if r.get("criterion") and r.get("level") not in (None, ""):
+                key = (path.stem, r.get("dataset"), r.get("network"), _seed_of(r.get("seed")), r["criterion"])
+                curves.setdefault(key, set()).add(round(float(r["level"]), 9))
+    out: set[str] = set()
+    for t in tasks:
+        c = t.config
+        if t.kind == "run" and c.run_id in run_ids:
+            out.add(t.key)
+        elif t.kind == "sweep":
+            levels = {round(float(x), 9) for x in t.levels}
+            if any(k[1:] == (c.dataset, c.network, c.seed, t.criterion) and v <= levels for k, v in curves.items()):
+                out.add(t.key)
+    for t in tasks:
+        dependents = [u for u in tasks if t.key in u.needs]
+        if t.kind == "run" and t.config.method == "base" and dependents and all(u.key in out for u in dependents):
+            out.add(t.key)
+    return out
+
+
+def without_published(tasks: list[Task], reference_dir: Path | str) -> tuple[list[Task], list[Task]]:
+    """(tasks to compute, tasks skipped): the :func:`published` tasks are skipped, except a published run that
+    a task still to compute needs (its model is not in the summaries: it is trained again)."""
+    skip = published(tasks, reference_dir)
+    while True:
+        needed = {n for t in tasks if t.key not in skip for n in t.needs}
+        if not needed & skip:
+            break
+        skip -= needed
+    return [t for t in tasks if t.key not in skip], [t for t in tasks if t.key in skip]
+
+
 # --------------------------------------------------------------------------------------------------
 # The command: python -m bmrs grid
 # --------------------------------------------------------------------------------------------------
@@ -514,6 +575,10 @@ def add_arguments(parser) -> None:
                         help="only the tasks with this network, dataset, seed, method (a sweep's criterion) or kind "
                              "(run|sweep), and the runs they need; repeatable, values comma-separated: "
                              "--only network=mlp --only kind=sweep")
+    parser.add_argument("--skip-published", action="store_true",
+                        help="skip what the profile's committed summaries (its reference_dir, e.g. "
+                             "results/reference/fmnist) already hold: how a grid too long for one machine or session "
+                             "goes on elsewhere; publish with `python -m bmrs.report.study publish --merge`")
     parser.add_argument("--dry-run", action="store_true", help="list what would run (and what is done); submit nothing")
     parser.add_argument("--status", action="store_true",
                         help="done / running / failed / missing counts; each failed task with its log and error")
@@ -736,6 +801,14 @@ def main(args) -> int:
     if not tasks:
         raise UsageError(f"--only {' '.join(args.only)} selects no task of profile {args.profile!r}; "
                          "python -m bmrs grid --profile NAME --dry-run lists them")
+    skipped: list[Task] = []
+    if args.skip_published:
+        reference = load_profile(args.profile, Path(args.configs_dir or CONFIGS_DIR)).reference_dir()
+        tasks, skipped = without_published(tasks, reference)
+        print(f"{len(skipped)} task(s) published in {reference}: skipped", flush=True)
+        if not tasks:
+            print("nothing left to compute")
+            return 0
     results_dir = Path(args.results_dir)
     log_dir = Path(args.log_dir or results_dir / GRID_DIR / "logs")
     if args.executor == "slurm":
@@ -745,8 +818,8 @@ def main(args) -> int:
     if args.dry_run or args.status:
         if args.dry_run:
             st = status(tasks, results_dir, queue)
-            state = {t.key: k for k, ts in st.items() for t in ts}
-            for t in tasks:
+            state = {t.key: k for k, ts in st.items() for t in ts} | {t.key: "published" for t in skipped}
+            for t in sorted(tasks + skipped, key=lambda t: t.wave):
                 print(f"{state[t.key]:<8} wave {t.wave}  {t.describe()}  [{t.key}]")
             todo = len(st["missing"]) + len(st["failed"])
             print(f"would {'submit' if args.executor == 'slurm' else 'compute'} {todo} task(s)")

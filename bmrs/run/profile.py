@@ -73,6 +73,14 @@ class Profile:
         params.update(overrides or {})
         return params
 
+    def reference_dir(self, default: Path | str = "results/reference") -> Path:
+        """Where the profile's committed summaries live: the ``reference_dir`` its study notebooks are given
+        (results/reference/fmnist for the fmnist profile), else ``default``."""
+        for stem in ("03_continuous_pruning", "04_post_training", "02_figure1_units"):
+            if "reference_dir" in self.parameters(stem):
+                return Path(self.parameters(stem)["reference_dir"])
+        return Path(default)
+
 
 def available_profiles(configs_dir: Path) -> list[str]:
     """The profile names, i.e. the stems of ``configs/*.yaml``."""

@@ -1,0 +1,85 @@
+"""Publishing summaries to a reference directory: replacing, and merging results computed elsewhere."""
+
+from __future__ import annotations
+
+import sys
+
+import pandas as pd
+import pytest
+
+from bmrs.report import study
+
+
+def _continuous(seed, method, acc, **extra):
+    return {"dataset": "fashion_mnist", "network": "lenet5", "method": method, "seed": seed,
+            "settings": "{'profile': 'fmnist'}", "test_acc": acc, **extra}
+
+
+def test_merge_keeps_other_results_and_replaces_recomputed_ones():
+    reference = pd.DataFrame([_continuous(1000, "bmrs_n", 76.8), _continuous(1000, "snr", 81.0),
+                              _continuous(100, "snr", 50.0)])
+    new = pd.DataFrame([_continuous(100, "snr", 17.0, wall_seconds=9.0), _continuous(100, "bmrs_n", 77.0)])
+    merged = study.merge_summaries(reference, new)
+    got = {(r.seed, r.method): r.test_acc for r in merged.itertuples()}
+    assert got == {(1000, "bmrs_n"): 76.8, (1000, "snr"): 81.0, (100, "snr"): 17.0, (100, "bmrs_n"): 77.0}
+    assert len(merged) == 4 and "wall_seconds" in merged.columns  # the union of the columns
+    assert merged.loc[merged["seed"] == 1000, "wall_seconds"].isna().all()
+
+
+def test_merge_replaces_a_whole_curve_and_matches_seeds_read_as_floats():
+    def curve(seed, criterion, levels, acc):
+        return [{"dataset": "fashion_mnist", "network": "mlp", "seed": seed, "criterion": criterion,
+                 "level": lv, "test_acc": acc} for lv in levels]
+    reference = pd.DataFrame(curve(1000.0, "l2", [0, 10, 20], 80.0) + curve(1000.0, "snr", [0, 10], 70.0))
+    new = pd.DataFrame(curve(1000, "l2", [0, 50], 90.0))
+    merged = study.merge_summaries(reference, new)
+    l2 = merged[merged["criterion"] == "l2"]
+    assert sorted(l2["level"]) == [0, 50] and set(l2["test_acc"]) == {90.0}  # the old 3-level curve is gone
+    assert len(merged[merged["criterion"] == "snr"]) == 2
+
+
+def test_merge_with_an_empty_side_and_without_identity_columns():
+    reference = pd.DataFrame([_continuous(1000, "none", 89.0)])
+    assert study.merge_summaries(reference, pd.DataFrame()).equals(reference)
+    assert study.merge_summaries(pd.DataFrame(), reference).equals(reference)
+    with pytest.raises(ValueError, match="without --merge"):
+        study.merge_summaries(reference, pd.DataFrame([{"dataset": "fashion_mnist", "test_acc": 1.0}]))
+
+
+def _write(directory, name, rows):
+    directory.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(directory / f"{name}.csv", index=False)
+
+
+def test_publish_replaces_or_merges(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "SUMMARY_DIR", tmp_path / "summary")
+    here, ref = tmp_path / "summary" / "quick", tmp_path / "ref"
+    _write(here, "continuous", [_continuous(100, "snr", 17.0)])
+    _write(ref, "continuous", [_continuous(1000, "snr", 81.0)])
+    (here / "posttrain_baselines.csv").write_text("\n")  # a summary with no rows
+    study.publish_reference("quick", to=ref, merge=True)
+    assert sorted(pd.read_csv(ref / "continuous.csv")["seed"]) == [100, 1000]
+    assert (ref / "posttrain_baselines.csv").exists()
+    study.publish_reference("quick", to=ref)  # without merge: a copy
+    assert list(pd.read_csv(ref / "continuous.csv")["seed"]) == [100]
+
+
+def test_publish_merge_writes_nothing_when_one_summary_cannot_merge(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "SUMMARY_DIR", tmp_path / "summary")
+    here, ref = tmp_path / "summary" / "quick", tmp_path / "ref"
+    _write(here, "continuous", [_continuous(100, "snr", 17.0)])
+    _write(here, "zz_odd", [{"test_acc": 1.0}])
+    _write(ref, "continuous", [_continuous(1000, "snr", 81.0)])
+    _write(ref, "zz_odd", [{"dataset": "x", "test_acc": 2.0}])
+    before = {p.name: p.read_bytes() for p in ref.iterdir()}
+    with pytest.raises(ValueError, match="identity column"):
+        study.publish_reference("quick", to=ref, merge=True)
+    assert {p.name: p.read_bytes() for p in ref.iterdir()} == before
+
+
+def test_publish_cli_error_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(study, "SUMMARY_DIR", tmp_path / "nothing")
+    monkeypatch.setattr(sys, "argv", ["python -m bmrs.report.study", "publish", "--profile", "quick", "--merge"])
+    assert study._main() == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "does not exist" in lines[0] and "run_all.sh" in lines[0]
