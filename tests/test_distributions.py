@@ -583,3 +583,88 @@ def test_zero_dim_inputs_take_every_branch(mu, log_sigma):
         assert v0.dim() == 0 and v1.shape == (1,)
         v0.backward(), v1.sum().backward()
         assert v0.item() == v1.item() and m0.grad.item() == m1.grad.item(), fn.__name__
+
+
+# --------------------------------------------------------------------------------------------------
+# Narrow supports for E[θ], Var θ, SNR: the support [a, b] narrow against σ (tilted-uniform forms)
+# --------------------------------------------------------------------------------------------------
+
+# (a, b, mu, log sigma): (b - a)/sigma from 4e-13 to 0.11; tilts from 0 to ±10 (the branch's limits); and the
+# points where the wide forms were wrong before (Var θ 2e-3 relative, SNR NaN at log σ = 10, a = -1e-3, b = 0)
+_NARROW_MOMENTS = [(a, b, m, ls) for a, b in [(-1e-3, 0.0), (-1e-6, 0.0), (-2.0, -1.999), (-0.5, 0.0), (-10.0, -2.0)]
+                   for m, ls in [(0.0, 3.0), (-5e-4, 10.0), (-50.0, 5.0), (-50.0, 15.0), (3e3, 10.0), (-1e5, 15.0),
+                                 (2e6, 15.0)]
+                   if (b - a) / math.exp(ls) < 0.125]
+
+
+@pytest.mark.parametrize("name", ["log_expected_theta", "var_theta", "snr"])
+def test_moments_match_mpmath_for_narrow_supports(name):
+    labels = [f"a={a:g}, b={b:g}, mu={m:g}, log sigma={ls:g}" for a, b, m, ls in _NARROW_MOMENTS]
+    lib, ref = [], []
+    for a, b, m, ls in _NARROW_MOMENTS:
+        s = math.exp(ls)
+        lib.append(float(getattr(D, name)(torch.tensor([m], dtype=torch.float64), torch.tensor([s], dtype=torch.float64),
+                                          a=a, b=b)[0]))
+        ref.append(mp.log(R.expected_theta(m, s, a, b)) if name == "log_expected_theta" else getattr(R, name)(m, s, a, b))
+    assert_close_rel(lib, ref, 1e-12, labels=labels, what=f"{name} (narrow support)")
+
+
+def test_moment_gradients_match_mpmath_for_narrow_supports():
+    cases = [(-1e-3, 0.0, -5e-4, 10.0), (-2.0, -1.999, -50.0, 5.0), (-10.0, -2.0, -35.0, 5.0), (-0.5, 0.0, 3e3, 10.0)]
+    labels = [f"a={a:g}, b={b:g}, mu={m:g}, log sigma={ls:g}" for a, b, m, ls in cases]
+    for name, ref_fn in [("log_expected_theta", lambda m, s, a, b: mp.log(R.expected_theta(m, s, a, b))),
+                         ("snr", lambda m, s, a, b: mp.log(R.snr(m, s, a, b)))]:
+        g_mu, g_sigma = [], []
+        for a, b, m, ls in cases:
+            mu = torch.tensor([m], dtype=torch.float64, requires_grad=True)
+            sigma = torch.tensor([math.exp(ls)], dtype=torch.float64, requires_grad=True)
+            out = getattr(D, name)(mu, sigma, a=a, b=b)
+            out = out if name == "log_expected_theta" else torch.log(out)
+            gm, gs = torch.autograd.grad(out.sum(), [mu, sigma])
+            g_mu.append(float(gm[0])), g_sigma.append(float(gs[0]))
+        assert_matches_mp_derivative(np.array(g_mu), lambda i: (lambda x: ref_fn(x, math.exp(cases[i][3]), *cases[i][:2])),
+                                     [c[2] for c in cases], labels, f"d {name}/dmu (narrow)", rtol=1e-9)
+        assert_matches_mp_derivative(np.array(g_sigma), lambda i: (lambda x: ref_fn(cases[i][2], x, *cases[i][:2])),
+                                     [math.exp(c[3]) for c in cases], labels, f"d {name}/dsigma (narrow)", rtol=1e-9)
+
+
+def _tilted_reference(c, w):
+    """[s, e, var] of N(0, 1) truncated to [c - w/2, c + w/2], at 50 digits, as a tilted uniform on [-1, 1]."""
+    with mp.workdps(50):
+        c, h = mp.mpf(c), mp.mpf(w) / 2
+        f = lambda x: mp.exp(-c * h * x - h * h * x * x / 2 - abs(c) * h)  # noqa: E731
+        pts = list(mp.linspace(-1, 1, 9))
+        m0 = mp.quad(f, pts) / 2
+        mean = mp.quad(lambda x: x * f(x), pts) / 2 / m0
+        var = mp.quad(lambda x: (x - mean) ** 2 * f(x), pts) / 2 / m0
+        log_z = mp.log(2 * h) - mp.log(2 * mp.pi) / 2 - c * c / 2 + abs(c) * h + mp.log(m0)
+        m = abs(c) - h if abs(c) >= h else mp.mpf(0)
+        return [float(log_z + m * m / 2), float(abs(c + h * mean) - m), float(h * h * var)]
+
+
+@pytest.mark.parametrize("width", [1e-12, 1e-8, 1e-4, 0.01, 0.124, 0.2])
+def test_truncated_standard_normal_on_narrow_intervals_matches_mpmath(width):
+    """s, e and Var z for intervals of every tilt A = |c|·width/2 (the narrow branch up to A = 20, the closed forms
+    beyond it and for width ≥ 0.125), one-sided and containing 0."""
+    centres = [0.0, 0.3 * width / 2, -0.9 * width / 2] + [A / (width / 2) for A in (1e-3, 0.5, 3.0, 20.0, 21.0, 100.0)]
+    centres += [-c for c in centres[3:]]
+    labels = [f"c={c:g}" for c in centres]
+    lo = torch.tensor([c - width / 2 for c in centres], dtype=torch.float64)
+    hi = torch.tensor([c + width / 2 for c in centres], dtype=torch.float64)
+    tn = D.truncated_standard_normal(lo, hi, torch.full_like(lo, width))
+    refs = [_tilted_reference(float(0.5 * (l + h)), width) for l, h in zip(lo.tolist(), hi.tolist())]
+    tol = 1e-14 if width < 0.125 else 1e-12  # the closed forms at width 0.2: Var z within 4e-13 (it cancels as 1/w²)
+    assert_close_rel(tn.s.numpy(), [r[0] for r in refs], tol, floor=1.0, labels=labels, what="s")
+    assert_close_rel(tn.e.numpy() / (width / 2), [r[1] / (width / 2) for r in refs], tol, floor=1.0, labels=labels,
+                     what="e (in units of the half-width)")
+    assert_close_rel(tn.var.numpy(), [r[2] for r in refs], 2 * tol, labels=labels, what="Var z")
+
+
+def test_default_bounds_never_take_the_narrow_branches():
+    """Training (a = -20, b = 0, log σ ≤ 5) is unchanged by the narrow-support forms: they never apply there."""
+    mu = torch.linspace(-100.0, 100.0, 2001, dtype=torch.float64)
+    sigma = torch.full_like(mu, math.exp(D.LOG_SIGMA_MAX))
+    assert not D._narrow_support(mu, sigma, D.DEFAULT_A, D.DEFAULT_B).any()
+    width = (D.DEFAULT_B - D.DEFAULT_A) / sigma
+    alpha = (D.DEFAULT_A - mu) / sigma
+    assert not D._is_narrow(alpha, alpha + width, width).any()
