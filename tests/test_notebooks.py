@@ -388,3 +388,21 @@ def test_an_empty_partial_summary_reads_as_an_empty_frame(tmp_path):
     path = study.save_summary(pd.DataFrame(), "posttrain_baselines", "p", directory=tmp_path)
     assert path.read_text().strip() == ""
     assert study.load_summary("posttrain_baselines", "p", directory=tmp_path).empty
+
+
+def test_study_notebooks_with_source_finished_before_anything_finished(tmp_path):
+    """A grid just started (or a fresh machine): notebooks 03, 04, 05 and 07 with source "finished" run through
+    with summaries that have their columns and no rows, train nothing and draw no curve."""
+    import pandas as pd
+
+    from conftest import NotebookPass, _dirs, run_notebooks
+
+    nb = NotebookPass("smoke", (), {**_dirs(tmp_path), "reference": tmp_path / "no_reference"})
+    run_notebooks(nb, ["03_continuous_pruning", "04_post_training", "05_bmrs_u_precision", "07_baselines"],
+                  source="finished", reference_dir=nb.dirs["reference"], torch_threads=1)
+    nb.check()
+    assert not nb.dirs["runs"].exists() or not any(nb.dirs["runs"].iterdir()), "source finished trained something"
+    summaries = nb.dirs["summary"] / "smoke"
+    for name in ("continuous", "p1_sweep", "baselines"):
+        frame = pd.read_csv(summaries / f"{name}.csv")
+        assert frame.empty and {"dataset", "network", "method", "seed", "test_acc"} <= set(frame.columns), name

@@ -137,9 +137,16 @@ def label(key: str) -> str:
     return METHOD_LABELS.get(key, key)
 
 
+#: the columns of a ``posttrain`` summary (bmrs.report.study.posttrain)
+POSTTRAIN_COLUMNS = ("dataset", "network", "seed", "criterion", "level", "test_acc", "param_compression_pct",
+                     "actual_param_compression_pct", "structure_compression_pct", "units_kept", "criterion_name")
+
+
 def normalize_curves(curves: pd.DataFrame) -> pd.DataFrame:
     """A copy of a ``posttrain`` summary with the criterion column as our keys, numeric value columns
     and rows sorted by (dataset, network, criterion, seed, level)."""
+    if curves.empty and len(curves.columns) == 0:  # a partial summary before any sweep has finished
+        curves = pd.DataFrame(columns=list(POSTTRAIN_COLUMNS))
     required = {"criterion", "level", "test_acc"}
     missing = required - set(curves.columns)
     if missing:
@@ -804,6 +811,11 @@ def verdict(value: bool | None) -> str:
 # The baselines table (notebook 07)
 # --------------------------------------------------------------------------------------------------
 
+#: the columns deployment_metrics adds to a continuous summary
+DEPLOYMENT_COLUMNS = ("parameters", "dense_parameters", "macs", "latency_ms", "dense_latency_ms", "dense_macs",
+                      "mac_reduction_pct", "speedup")
+
+
 def deployment_metrics(summary: pd.DataFrame, *, results_dir: str | os.PathLike[str] | None = None,
                        repeats: int = 20, threads: int = 1) -> pd.DataFrame:
     """Add parameters, MACs and latency of the deployable (physically shrunk) network to a
@@ -847,6 +859,8 @@ def deployment_metrics(summary: pd.DataFrame, *, results_dir: str | os.PathLike[
                        macs=count_macs(small, model.input_spec.example(1)),
                        latency_ms=1e3 * lat["pruned"]["median_s"], dense_latency_ms=1e3 * lat["dense"]["median_s"])
         rows.append(out)
+    if not rows:  # no run finished yet (source "finished"): the same columns, no rows
+        return summary.iloc[0:0].reindex(columns=[*summary.columns, *DEPLOYMENT_COLUMNS])
     df = pd.DataFrame(rows)
     df["dense_macs"] = [dense_macs.get((d, n), np.nan) for d, n in zip(df["dataset"], df["network"])]
     for col in ("parameters", "dense_parameters", "macs", "dense_macs", "latency_ms", "dense_latency_ms"):
@@ -887,7 +901,9 @@ def baselines_table(df: pd.DataFrame, methods: Sequence[str] = BASELINE_TABLE_ME
                          "parameters": _fmt(g["parameters"], integer=True), "MACs": _fmt(g["macs"], integer=True),
                          "MAC cut %": _fmt(g["mac_reduction_pct"]), "latency b32 ms": _fmt(g["latency_ms"], 3),
                          "speed-up (x)": _fmt(g["speedup"])})
-    return pd.DataFrame(rows).set_index(["setting", "method"])
+    columns = ["setting", "method", "seeds", "acc. %", "param. comp. % (paper metric)", "actual param. comp. %",
+               "parameters", "MACs", "MAC cut %", "latency b32 ms", "speed-up (x)"]
+    return pd.DataFrame(rows, columns=columns).set_index(["setting", "method"])
 
 
 # --------------------------------------------------------------------------------------------------

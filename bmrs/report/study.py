@@ -157,7 +157,13 @@ def continuous(settings: Iterable[dict[str, Any]], methods: Iterable[str], seeds
                 log(f"[continuous] {cfg.network} / {cfg.dataset} / {method} / seed {seed}")
                 m = ex.read_json(path) if finished_only else ex.run(cfg, results_dir=results_dir, log=lambda _: None)
                 rows.append(_row(cfg, m, results_dir))
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=CONTINUOUS_COLUMNS)
+
+
+#: the columns of a ``continuous`` summary row (:func:`_row`): also those of a summary with no run finished yet
+CONTINUOUS_COLUMNS = ("dataset", "network", "method", "seed", "profile", "train_epochs", "finetune_epochs", "settings",
+                      "test_acc", "val_acc", "param_compression_pct", "actual_param_compression_pct",
+                      "structure_compression_pct", "epochs_run", "wall_seconds", "run_id")
 
 
 def _row(cfg: ex.RunConfig, metrics: dict[str, Any], results_dir) -> dict[str, Any]:
@@ -165,15 +171,17 @@ def _row(cfg: ex.RunConfig, metrics: dict[str, Any], results_dir) -> dict[str, A
     paper, actual = _compressions(cfg, f, results_dir)
     train = cfg.train_config()
     settings = {k: v for k, v in cfg.hashed_fields().items() if k not in ("dataset", "network", "method", "seed", "base")}
-    return {"dataset": cfg.dataset, "network": cfg.network, "method": cfg.method, "seed": cfg.seed,
-            "profile": cfg.profile, "train_epochs": train.epochs, "finetune_epochs": train.finetune_epochs,
-            "settings": repr(settings),
-            "test_acc": f["test_acc"], "val_acc": f.get("val_acc"),
-            "param_compression_pct": paper,
-            "actual_param_compression_pct": actual,
-            "structure_compression_pct": f.get("structure_compression_pct"),
-            "epochs_run": len(metrics.get("history") or []),
-            "wall_seconds": metrics.get("wall_seconds"), "run_id": metrics.get("run_id")}
+    row = {"dataset": cfg.dataset, "network": cfg.network, "method": cfg.method, "seed": cfg.seed,
+           "profile": cfg.profile, "train_epochs": train.epochs, "finetune_epochs": train.finetune_epochs,
+           "settings": repr(settings),
+           "test_acc": f["test_acc"], "val_acc": f.get("val_acc"),
+           "param_compression_pct": paper,
+           "actual_param_compression_pct": actual,
+           "structure_compression_pct": f.get("structure_compression_pct"),
+           "epochs_run": len(metrics.get("history") or []),
+           "wall_seconds": metrics.get("wall_seconds"), "run_id": metrics.get("run_id")}
+    assert tuple(row) == CONTINUOUS_COLUMNS
+    return row
 
 
 def p1_sweep(setting: dict[str, Any], p1_values: Iterable[float], seeds: Iterable[int], *, profile: str,
