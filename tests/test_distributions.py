@@ -668,3 +668,23 @@ def test_default_bounds_never_take_the_narrow_branches():
     width = (D.DEFAULT_B - D.DEFAULT_A) / sigma
     alpha = (D.DEFAULT_A - mu) / sigma
     assert not D._is_narrow(alpha, alpha + width, width).any()
+
+
+def test_kl_on_cpu_for_narrow_supports_tilted_beyond_the_series():
+    """(b - a)/σ tiny but |A| > 1 (outside the kernel's narrow series): the CPU path's gradient matches mpmath
+    (the kernel's closed-form gradient cancelled there: dKL/dμ 701 instead of 1.4e-16 at the first point)."""
+    cases = [(2.1e15, 1e6), (5e15, 1e6), (-3e15, 1e6), (2e9, 1e3)]
+    a, b = -1e-3, 0.0
+    labels = [f"mu={m:g}, sigma={s:g}" for m, s in cases]
+    vals, g_mu, g_sigma = [], [], []
+    for m, s in cases:
+        mu = torch.tensor([m], dtype=torch.float64, requires_grad=True)
+        sigma = torch.tensor([s], dtype=torch.float64, requires_grad=True)
+        v = D.kl_per_unit(mu, sigma, a, b)
+        gm, gs = torch.autograd.grad(v.sum(), [mu, sigma])
+        vals.append(float(v[0])), g_mu.append(float(gm[0])), g_sigma.append(float(gs[0]))
+    assert_close_rel(vals, [R.kl(m, s, a, b) for m, s in cases], 1e-12, labels=labels, what="KL")
+    assert_matches_mp_derivative(np.array(g_mu), lambda i: (lambda x: R.kl(x, cases[i][1], a, b)),
+                                 [c[0] for c in cases], labels, "dKL/dmu", rtol=1e-9)
+    assert_matches_mp_derivative(np.array(g_sigma), lambda i: (lambda x: R.kl(cases[i][0], x, a, b)),
+                                 [c[1] for c in cases], labels, "dKL/dsigma", rtol=1e-9)

@@ -316,11 +316,21 @@ def kl_per_unit(mu: Tensor, sigma: Tensor, a: float, b: float) -> Tensor:
     """KL per unit for validated float64 tensors of equal shape (no input checks; used in training).
 
     CPU tensors go through the compiled kernel with its closed-form gradient (one call for all
-    units); other devices through the torch implementation :func:`_kl`. Both are tested to agree.
+    units); other devices through the torch implementation :func:`_kl`. Both are tested to agree. Where the
+    support is narrow against σ but tilted beyond the kernel's narrow series (|A| > kernels.KL_NARROW_TILT),
+    the kernel's closed-form gradient cancels (dKL/dμ 701 instead of 1.4e-16 at μ = 2.1e15, σ = 1e6,
+    [a, b] = [−1e-3, 0]): those units take the torch path, whose autograd gradient does not (never the case
+    for the default bounds, where (b − a)/σ ≥ 0.135).
     """
-    if mu.device.type == "cpu":
+    if mu.device.type != "cpu":
+        return _kl(mu, sigma, a, b)
+    with torch.no_grad():  # narrow support beyond the series' tilt: the kernel's closed-form gradient cancels there
+        width = (b - a) / sigma
+        steep = (width < kernels.KL_NARROW_WIDTH) & (
+            ((0.5 * (a + b) - mu) / sigma * (0.5 * width)).abs() > kernels.KL_NARROW_TILT)
+    if not bool(steep.any()):
         return _KLKernel.apply(mu, sigma, a, b)
-    return _kl(mu, sigma, a, b)
+    return special.piecewise(steep, lambda m, s: _kl(m, s, a, b), lambda m, s: _KLKernel.apply(m, s, a, b), mu, sigma)
 
 
 # Below this distance from 0 to [α, β] the textbook KL has no harmful cancellation (its terms are at
