@@ -6,6 +6,7 @@ computes only the failed task, Ctrl-C and resume). The Slurm executor is tested 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import os
 import re
 import signal
@@ -433,3 +434,14 @@ def test_skip_published_with_an_unreadable_summary_is_one_line(tmp_path, capsys)
     assert cli.main(grid_args(configs, tmp_path / "runs", "tiny", "--dry-run", "--skip-published")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot read the published summary" in err[0] and "git checkout" in err[0]
+
+
+def test_a_curve_two_sweeps_could_have_written_publishes_neither(tmp_path):
+    _, ref, tasks = _published_profile(tmp_path)
+    sweep = next(t for t in tasks if t.kind == "sweep")
+    longer = dataclasses.replace(sweep, levels=tuple(sweep.levels) + (75.0,))  # the same criterion, more levels
+    assert longer.key != sweep.key
+    _publish_rows(ref, tasks, set(), curve_levels=[0.0])  # stopped at level 0: either sweep could have written it
+    assert not {sweep.key, longer.key} & grid.published(tasks + [longer], ref)
+    _publish_rows(ref, tasks, set(), curve_levels=[0.0, 75.0])  # only the longer one has level 75
+    assert grid.published(tasks + [longer], ref) & {sweep.key, longer.key} == {longer.key}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 
 import pandas as pd
@@ -15,35 +16,56 @@ def _continuous(seed, method, acc, **extra):
             "settings": "{'profile': 'fmnist'}", "test_acc": acc, **extra}
 
 
+def _csv(rows) -> str:
+    return pd.DataFrame(rows).to_csv(index=False)
+
+
+def _merge(reference_rows, new_rows) -> pd.DataFrame:
+    return pd.read_csv(io.StringIO(study.merge_summary_csv(_csv(reference_rows), _csv(new_rows))))
+
+
 def test_merge_keeps_other_results_and_replaces_recomputed_ones():
-    reference = pd.DataFrame([_continuous(1000, "bmrs_n", 76.8), _continuous(1000, "snr", 81.0),
-                              _continuous(100, "snr", 50.0)])
-    new = pd.DataFrame([_continuous(100, "snr", 17.0, wall_seconds=9.0), _continuous(100, "bmrs_n", 77.0)])
-    merged = study.merge_summaries(reference, new)
+    reference = [_continuous(1000, "bmrs_n", 76.8), _continuous(1000, "snr", 81.0), _continuous(100, "snr", 50.0)]
+    new = [_continuous(100, "snr", 17.0, wall_seconds=9.0), _continuous(100, "bmrs_n", 77.0)]
+    merged = _merge(reference, new)
     got = {(r.seed, r.method): r.test_acc for r in merged.itertuples()}
     assert got == {(1000, "bmrs_n"): 76.8, (1000, "snr"): 81.0, (100, "snr"): 17.0, (100, "bmrs_n"): 77.0}
     assert len(merged) == 4 and "wall_seconds" in merged.columns  # the union of the columns
     assert merged.loc[merged["seed"] == 1000, "wall_seconds"].isna().all()
 
 
-def test_merge_replaces_a_whole_curve_and_matches_seeds_read_as_floats():
+def test_merge_replaces_a_whole_curve_and_matches_seeds_written_as_floats():
     def curve(seed, criterion, levels, acc):
         return [{"dataset": "fashion_mnist", "network": "mlp", "seed": seed, "criterion": criterion,
                  "level": lv, "test_acc": acc} for lv in levels]
-    reference = pd.DataFrame(curve(1000.0, "l2", [0, 10, 20], 80.0) + curve(1000.0, "snr", [0, 10], 70.0))
-    new = pd.DataFrame(curve(1000, "l2", [0, 50], 90.0))
-    merged = study.merge_summaries(reference, new)
+    merged = _merge(curve(1000.0, "l2", [0, 10, 20], 80.0) + curve(1000.0, "snr", [0, 10], 70.0),
+                    curve(1000, "l2", [0, 50], 90.0))
     l2 = merged[merged["criterion"] == "l2"]
     assert sorted(l2["level"]) == [0, 50] and set(l2["test_acc"]) == {90.0}  # the old 3-level curve is gone
     assert len(merged[merged["criterion"] == "snr"]) == 2
 
 
+def test_merge_writes_the_rows_it_keeps_back_byte_for_byte():
+    """Untouched rows are not re-formatted, whatever pandas would make of them: a merge's diff is the rows it
+    adds or replaces."""
+    header = "dataset,network,method,seed,settings,test_acc,flag\n"
+    kept = ('fashion_mnist,lenet5,snr,1000,"{\'profile\': \'fmnist\', \'a\': 1}",88.90000000000001,True\n'
+            "fashion_mnist,lenet5,l2,1000.0,x,1e-05,\n")
+    reference = header + kept + "fashion_mnist,lenet5,snr,100,x,50.0,False\n"
+    new = header + "fashion_mnist,lenet5,snr,100,x,17.25,False\n"
+    assert study.merge_summary_csv(reference, new) == header + kept + "fashion_mnist,lenet5,snr,100,x,17.25,False\n"
+    # new columns: the union, and each kept cell as it was written
+    wider = "dataset,network,method,seed,settings,test_acc,flag,wall\nfashion_mnist,lenet5,snr,100,x,17.25,False,3\n"
+    merged = study.merge_summary_csv(reference, wider)
+    assert merged.splitlines()[1:3] == [line + "," for line in kept.splitlines()]
+
+
 def test_merge_with_an_empty_side_and_without_identity_columns():
-    reference = pd.DataFrame([_continuous(1000, "none", 89.0)])
-    assert study.merge_summaries(reference, pd.DataFrame()).equals(reference)
-    assert study.merge_summaries(pd.DataFrame(), reference).equals(reference)
+    reference = _csv([_continuous(1000, "none", 89.0)])
+    assert study.merge_summary_csv(reference, "\n") == reference
+    assert study.merge_summary_csv("\n", reference) == reference
     with pytest.raises(ValueError, match="without --merge"):
-        study.merge_summaries(reference, pd.DataFrame([{"dataset": "fashion_mnist", "test_acc": 1.0}]))
+        study.merge_summary_csv(reference, _csv([{"dataset": "fashion_mnist", "test_acc": 1.0}]))
 
 
 def _write(directory, name, rows):

@@ -21,6 +21,8 @@ Summaries (one row each):
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import os
 import sys
 from pathlib import Path
@@ -266,41 +268,82 @@ def reference_dir_of(profile: str) -> Path:
 IDENTITY_COLUMNS = ("dataset", "network", "method", "criterion", "seed", "settings", "p1", "row", "col")
 
 
-def _identity(df: pd.DataFrame, columns: list[str]) -> pd.Series:
-    """One hashable identity per row. Numbers are compared as numbers (a seed read back as 1000.0 from a
-    column with gaps is the seed 1000); a missing value is its own value."""
-    def norm(v):
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return ("nan",) if v != v else float(v)
-        return str(v)
-    return pd.Series([tuple(norm(v) for v in row) for row in df[columns].itertuples(index=False, name=None)],
-                     index=df.index, dtype=object)
+def _records(text: str) -> tuple[list[str], str, list[tuple[list[str], str]]]:
+    """A CSV text's header fields, the header's text, and its records: each as its fields (the strings as
+    written) and its exact text, newline-terminated. Blank lines are no records (a summary with no rows is
+    written as one empty line)."""
+    lines = text.splitlines(keepends=True)
+    reader = csv.reader(lines)
+    header, header_text, records, start = [], "", [], 0
+    for fields in reader:
+        chunk = "".join(lines[start:reader.line_num])
+        start = reader.line_num
+        if not fields:
+            continue
+        chunk = chunk if chunk.endswith("\n") else chunk + "\n"
+        if not header:
+            header, header_text = fields, chunk
+        else:
+            records.append((fields, chunk))
+    return header, header_text, records
 
 
-def merge_summaries(reference: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
-    """The reference's rows, except those whose identity (:data:`IDENTITY_COLUMNS` present in either table)
-    also occurs in ``new``, followed by all of ``new``'s rows: results computed on another machine or in
-    another session are kept, and a result computed again replaces its older copy as a whole (every level of
-    a post-training curve, every unit of a unit table). Columns are the union of both tables'."""
-    if new.empty:
-        return reference.copy()
-    if reference.empty:
-        return new.copy()
-    columns = [c for c in IDENTITY_COLUMNS if c in reference.columns or c in new.columns]
-    missing = [c for c in columns if c not in reference.columns or c not in new.columns]
+def _identity(header: list[str], fields: list[str], columns: list[str]) -> tuple:
+    """One hashable identity of a record. Numbers are compared as numbers (a seed written 1000.0 in a column
+    with gaps is the seed 1000); an empty cell or NaN is its own value."""
+    def norm(v: str):
+        if v == "":
+            return ("nan",)
+        try:
+            f = float(v)
+        except ValueError:
+            return v
+        return ("nan",) if f != f else f
+    where = {c: i for i, c in enumerate(header)}
+    return tuple(norm(fields[where[c]]) if where[c] < len(fields) else ("nan",) for c in columns)
+
+
+def merge_summary_csv(reference: str, new: str) -> str:
+    """Merge two summaries given as CSV text: the reference's rows, except those whose identity
+    (:data:`IDENTITY_COLUMNS` present in either table) also occurs in ``new``, followed by all of ``new``'s rows.
+    Results computed on another machine or in another session are kept, and a result computed again replaces its
+    older copy as a whole (every level of a post-training curve, every unit of a unit table).
+
+    Rows are kept as text: where both tables have the same columns, every kept row is written back byte for
+    byte (no number is re-formatted, so a merge shows in ``git diff`` as exactly the rows it adds or replaces);
+    otherwise the columns are the union of both tables' (the reference's first) and each cell keeps the
+    string it was written as."""
+    ref_header, ref_header_text, ref_rows = _records(reference)
+    new_header, new_header_text, new_rows = _records(new)
+    if not new_rows:
+        return reference if ref_header else new
+    if not ref_rows:
+        return new
+    columns = [c for c in IDENTITY_COLUMNS if c in ref_header or c in new_header]
+    missing = [c for c in columns if c not in ref_header or c not in new_header]
     if missing or not columns:
         raise ValueError(f"cannot merge summaries: identity column(s) {missing or list(IDENTITY_COLUMNS)} are not "
                          f"in both tables; publish without --merge to replace the reference")
-    replaced = _identity(reference, columns).isin(set(_identity(new, columns)))
-    kept = reference.loc[~replaced]
-    return pd.concat([kept, new], ignore_index=True, sort=False) if not kept.empty else new.copy()
+    replaced = {_identity(new_header, fields, columns) for fields, _ in new_rows}
+    kept = [(fields, text) for fields, text in ref_rows if _identity(ref_header, fields, columns) not in replaced]
+    if ref_header == new_header:
+        return ref_header_text + "".join(text for _, text in kept + new_rows)
+    union = ref_header + [c for c in new_header if c not in ref_header]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(union)
+    for header, rows in ((ref_header, kept), (new_header, new_rows)):
+        where = {c: i for i, c in enumerate(header)}
+        for fields, _ in rows:
+            writer.writerow([fields[where[c]] if c in where and where[c] < len(fields) else "" for c in union])
+    return out.getvalue()
 
 
 def publish_reference(profile: str = "quick", names: Iterable[str] | None = None,
                       to: Path | str | None = None, merge: bool = False) -> list[Path]:
     """Copy a profile's summaries (``results/summary/<profile>/*.csv``) to its reference directory
     (:func:`reference_dir_of`, or ``to``): what the repository commits. With ``merge``, each summary is merged
-    into the committed one (:func:`merge_summaries`) instead of replacing it: how a profile too long for one
+    into the committed one (:func:`merge_summary_csv`) instead of replacing it: how a profile too long for one
     machine or session accumulates (publish what finished here; results published before are kept)."""
     src = SUMMARY_DIR / profile
     if not src.exists():
@@ -311,8 +354,8 @@ def publish_reference(profile: str = "quick", names: Iterable[str] | None = None
     for path in chosen:  # everything is read and merged before anything is written
         target = target_dir / path.name
         if merge and target.exists():
-            merged = merge_summaries(_read_csv(target), _read_csv(path))
-            contents[target] = merged.to_csv(index=False).encode() if not merged.empty else b"\n"
+            merged = merge_summary_csv(target.read_text(encoding="utf-8"), path.read_text(encoding="utf-8"))
+            contents[target] = (merged or "\n").encode()
         else:
             contents[target] = path.read_bytes()
     target_dir.mkdir(parents=True, exist_ok=True)

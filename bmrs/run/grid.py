@@ -512,8 +512,8 @@ def _seed_of(value: str) -> int | None:
 def published(tasks: list[Task], reference_dir: Path | str) -> set[str]:
     """The keys of the tasks whose results the committed summaries in ``reference_dir`` already hold: a run
     whose id a summary row names (``run_id``); a sweep with a curve of its network, dataset, seed and criterion
-    whose levels are among the sweep's (a curve can end early: a criterion with its own threshold stops); a
-    base run when every task that needs it is published. What another machine or session computed and
+    whose levels are among the sweep's (a curve can end early: a criterion with its own threshold stops) and
+    among no other sweep's of the grid; a base run when every task that needs it is published. What another machine or session computed and
     published is then not computed again (``--skip-published``)."""
     run_ids: set[str] = set()
     curves: dict[tuple, set[float]] = {}
@@ -525,15 +525,13 @@ def published(tasks: list[Task], reference_dir: Path | str) -> set[str]:
             if r.get("criterion") and r.get("level") not in (None, ""):
                 key = (path.stem, r.get("dataset"), r.get("network"), _seed_of(r.get("seed")), r["criterion"])
                 curves.setdefault(key, set()).add(round(float(r["level"]), 9))
-    out: set[str] = set()
-    for t in tasks:
-        c = t.config
-        if t.kind == "run" and c.run_id in run_ids:
-            out.add(t.key)
-        elif t.kind == "sweep":
-            levels = {round(float(x), 9) for x in t.levels}
-            if any(k[1:] == (c.dataset, c.network, c.seed, t.criterion) and v <= levels for k, v in curves.items()):
-                out.add(t.key)
+    out = {t.key for t in tasks if t.kind == "run" and t.config.run_id in run_ids}
+    sweeps = [(t, {round(float(x), 9) for x in t.levels}) for t in tasks if t.kind == "sweep"]
+    for (_, dataset, network, seed, criterion), levels in curves.items():
+        could = {t.key for t, own in sweeps if (t.config.dataset, t.config.network, t.config.seed, t.criterion)
+                 == (dataset, network, seed, criterion) and levels <= own}
+        if len(could) == 1:  # a curve that two sweeps could have written (say, one that stopped at level 0 of
+            out |= could     # two level sets, or one of two base runs) is neither's: both are computed
     for t in tasks:
         dependents = [u for u in tasks if t.key in u.needs]
         if t.kind == "run" and t.config.method == "base" and dependents and all(u.key in out for u in dependents):
