@@ -65,14 +65,14 @@ table2_seeds: list = [1000]  # seeds of the Table 2 settings
 
 # %%
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from bmrs.report import study
-
-from bmrs.report import tables, verdicts
+from bmrs.report import study, tables, verdicts
+from bmrs.util.atomic import write_text
 
 t_start = time.perf_counter()
 np.random.seed(seed)
@@ -195,7 +195,8 @@ if len(cells):
     print("saved", *tables.write_table(cell_view, "table1_verdicts", profile=profile, directory=tables_dir,
                                        seeds=sorted(set(summary["seed"])), epochs=epochs_t1, source=origin,
                                        title="Table 1 cells: ours beside the paper's, with a verdict"))
-    print(verdicts.agreement(cells))
+    print(verdicts.agreement_text(cells))
+    print("saved", write_text(Path(tables_dir) / "table1_agreement.md", verdicts.agreement_text(cells) + "\n"))
     seed_claims = verdicts.claim_verdicts(summary[summary["network"].isin(tables.TABLE_NETWORKS["table1"])])
     display(Markdown(tables.to_markdown(seed_claims)))
     print("saved", *tables.write_table(seed_claims, "table1_claims_by_seed", profile=profile, directory=tables_dir,

@@ -23,6 +23,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from bmrs import notebook_runner as runner  # noqa: E402
+from bmrs.report import readme  # noqa: E402
 from conftest import REFERENCE, STUDY_NOTEBOOKS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +116,7 @@ def test_fmnist_reference_regenerates_its_tables_without_training(tmp_path, caps
     if not (FMNIST / "continuous.csv").is_file():
         pytest.skip("no committed fmnist reference yet (python -m bmrs.report.study publish --profile fmnist)")
     monkeypatch.setenv("BMRS_QUIET", "1")
-    runs, tables, figures = tmp_path / "runs", tmp_path / "tables", tmp_path / "figures"
+    runs, tables, figures = tmp_path / "runs", tmp_path / "tables" / "fmnist", tmp_path / "figures"
     runs.mkdir()
     stems = ("02_figure1_units", "03_continuous_pruning", "04_post_training", "05_bmrs_u_precision", "07_baselines")
     args = ["--profile", "fmnist", "--only", *stems, "--quiet", "--force", "--results-dir", str(tmp_path / "results")]
@@ -140,6 +141,11 @@ def test_fmnist_reference_regenerates_its_tables_without_training(tmp_path, caps
         fresh = figures / name
         assert fresh.is_file(), f"{name} is committed but not regenerated from the reference"
         assert mpimg.imread(fresh).shape == mpimg.imread(ROOT / "figures" / "fmnist" / name).shape, name
+    # the README's headline tables are these tables (python -m bmrs.report.readme fills them)
+    assert readme.block_names((ROOT / "README.md").read_text(encoding="utf-8")), "the README has no fmnist table"
+    assert readme.stale((ROOT / "README.md").read_text(encoding="utf-8"), tmp_path / "tables", prefix="fmnist/") == [], \
+        "README tables differ from the committed summaries: python -m bmrs.report.readme --only fmnist/ (after " \
+        "the notebooks ran with --param source=reference)"
     ranks = pd.read_csv(FMNIST / "ranks.csv")
     if len(ranks):  # the rank correlations of Figure 6 reach the post-training claims
         assert (tables / "posttrain_claims.md").is_file()

@@ -251,5 +251,14 @@ def agreement(cells: pd.DataFrame) -> dict[str, Any]:
     return {"acc_agree": a, "acc_cells": an, "comp_agree": c, "comp_cells": cn}
 
 
+def agreement_text(cells: pd.DataFrame) -> str:
+    """The counts of :func:`agreement` as a sentence: 'a of n accuracy cells and c of m compression cells agree
+    with the paper (accuracy within its mean ± 2 std, compression within ±5 points).'"""
+    n = agreement(cells)
+    return (f"{n['acc_agree']} of {n['acc_cells']} accuracy cells and {n['comp_agree']} of {n['comp_cells']} "
+            f"compression cells agree with the paper (accuracy within its mean ± 2 std, compression within "
+            f"±5 points).")
+
+
 def methods_of(summary: pd.DataFrame) -> Iterable[str]:
     return [m for m in CELL_METHODS if m in set(summary["method"])]
