@@ -81,6 +81,6 @@ def test_knee_and_rank_claims_from_posttrain_and_ranks():
     claims = V.claim_verdicts(s, pd.DataFrame(pts), pd.DataFrame(ranks)).set_index("claim")
     knee = claims.loc["BMRS_N stops near the knee of the SNR post-training curve"]
     assert knee["seeds agreeing"] == "1 of 2" and knee["verdict"] == "mixed"
-    like = claims.loc["BMRS_N ranks units like SNR (Spearman 0.67-0.95)"]
+    like = claims.loc["BMRS_N ranks units like SNR (Spearman ≥ 0.67; the paper: 0.67-0.95)"]
     assert like["seeds agreeing"] == "1 of 2"
     assert claims.loc["BMRS_U ranks units poorly (ρ with SNR ≤ 0.5 and below BMRS_N's)", "verdict"] == "confirmed"
