@@ -80,7 +80,7 @@ x_metric: str = "param_compression_pct"  # or actual_param_compression_pct (phys
 averaging: str = "interp"  # interp (common compression grid) or index (the paper's padded index-wise mean)
 knee_reference: str = "snr"  # the trade-off curve whose knee the BMRS stopping points are compared with
 knee_tolerance: float = 5.0  # percentage points: a stopping point this close to the knee is "near" it
-rank_like_min: float = 0.6  # BMRS_N ranks like SNR when rho(BMRS_N, SNR) is at least this (paper: 0.67 to 0.95)
+rank_like_min: float = 0.67  # BMRS_N ranks like SNR when rho(BMRS_N, SNR) is at least this (the low end of the paper's 0.67-0.95)
 rank_poor_max: float = 0.5  # BMRS_U ranks poorly when rho(BMRS_U-p, SNR) is at most this (paper: -0.71 to 0.47)
 
 # %%

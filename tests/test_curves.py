@@ -355,6 +355,12 @@ def test_rank_claims_on_the_papers_matrices():
     c = C.rank_claims(flat)
     assert c["bmrs_n_like_snr"] and not c["bmrs_u_ranks_poorly"]
     assert C.rank_claims(flat.drop(index="bmrs_n"))["bmrs_n_like_snr"] is None
+    below = flat.copy()
+    below.loc["bmrs_n", "snr"] = 0.63  # under the paper's lowest 0.67: not "like SNR", in every table that says so
+    assert C.RANK_LIKE_MIN == 0.67 and C.rank_claims(below)["bmrs_n_like_snr"] is False
+    at = flat.copy()
+    at.loc["bmrs_n", "snr"] = 0.67
+    assert C.rank_claims(at)["bmrs_n_like_snr"] is True
     assert [C.verdict(v) for v in (True, False, None)] == ["confirmed", "not confirmed", "not tested"]
 
 

@@ -64,8 +64,41 @@ def test_merge_with_an_empty_side_and_without_identity_columns():
     reference = _csv([_continuous(1000, "none", 89.0)])
     assert study.merge_summary_csv(reference, "\n") == reference
     assert study.merge_summary_csv("\n", reference) == reference
-    with pytest.raises(ValueError, match="without --merge"):
-        study.merge_summary_csv(reference, _csv([{"dataset": "fashion_mnist", "test_acc": 1.0}]))
+    with pytest.raises(ValueError, match="no identity column"):
+        study.merge_summary_csv(_csv([{"test_acc": 2.0}]), _csv([{"test_acc": 1.0}]))
+
+
+def test_an_identity_column_one_side_lacks_is_empty_there():
+    """A summary that gained an identity column (here p1) still merges with the committed one: the old rows
+    are the rows without that column's value."""
+    reference = _csv([_continuous(1000, "bmrs_u4", 80.0), _continuous(100, "bmrs_u4", 81.0)])
+    new = _csv([_continuous(1000, "bmrs_u4", 82.0, p1=float("nan")), _continuous(1000, "bmrs_u4", 70.0, p1=2.0)])
+    merged = _merge_text(reference, new)
+    got = sorted((r.seed, r.test_acc, r.p1) for r in merged.fillna({"p1": 0}).itertuples())
+    assert got == [(100, 81.0, 0.0), (1000, 70.0, 2.0), (1000, 82.0, 0.0)]
+
+
+def _merge_text(reference: str, new: str) -> pd.DataFrame:
+    return pd.read_csv(io.StringIO(study.merge_summary_csv(reference, new)))
+
+
+HEADER = "dataset,network,method,seed,test_acc\n"
+
+
+def test_merge_refuses_what_is_no_summary_and_names_the_line():
+    new = HEADER + "a,b,snr,1,9.0\n"
+    with pytest.raises(ValueError, match="line 2"):  # an unclosed quote would swallow the new rows
+        study.merge_summary_csv(HEADER + 'a,b,snr,1,"9.0\na,b,l2,1,8.0\n', new)
+    with pytest.raises(ValueError, match="line 3: 6 fields where the header has 5"):
+        study.merge_summary_csv(HEADER + "a,b,l2,1,8.0\na,b,snr,2,1.0,extra\n", new)
+    with pytest.raises(ValueError, match="line 2: 1 fields"):  # a conflict marker left in the file
+        study.merge_summary_csv(HEADER + "<<<<<<< HEAD\na,b,l2,1,8.0\n", new)
+
+
+def test_merge_reads_a_byte_order_mark_and_crlf_endings_as_plain_text():
+    reference = "\ufeff" + (HEADER + "a,b,l2,1,8.0\na,b,snr,1,1.0\n").replace("\n", "\r\n")
+    merged = study.merge_summary_csv(reference, HEADER + "a,b,snr,1,9.0\n")
+    assert merged == HEADER + "a,b,l2,1,8.0\na,b,snr,1,9.0\n"
 
 
 def _write(directory, name, rows):
@@ -90,11 +123,12 @@ def test_publish_merge_writes_nothing_when_one_summary_cannot_merge(tmp_path, mo
     monkeypatch.setattr(study, "SUMMARY_DIR", tmp_path / "summary")
     here, ref = tmp_path / "summary" / "quick", tmp_path / "ref"
     _write(here, "continuous", [_continuous(100, "snr", 17.0)])
-    _write(here, "zz_odd", [{"test_acc": 1.0}])
+    _write(here, "zz_odd", [_continuous(100, "l2", 1.0)])
     _write(ref, "continuous", [_continuous(1000, "snr", 81.0)])
-    _write(ref, "zz_odd", [{"dataset": "x", "test_acc": 2.0}])
+    ref.joinpath("zz_odd.csv").write_text(HEADER + 'a,b,l2,1,"8.0\n')  # e.g. a conflict resolved by hand
     before = {p.name: p.read_bytes() for p in ref.iterdir()}
-    with pytest.raises(ValueError, match="identity column"):
+    with pytest.raises(ValueError, match=r"cannot merge .*zz_odd.csv into .*zz_odd.csv: the record from line 2 .*"
+                                         r"git checkout"):
         study.publish_reference("quick", to=ref, merge=True)
     assert {p.name: p.read_bytes() for p in ref.iterdir()} == before
 

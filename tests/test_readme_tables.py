@@ -69,3 +69,19 @@ def test_cli_check_and_fill(tmp_path, monkeypatch, capsys):
     assert readme._main() == 2 and path.read_text() == before  # nothing half-written
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:")
+
+
+def test_a_mistyped_end_marker_touches_nothing(tmp_path, monkeypatch, capsys):
+    tables = _tables(tmp_path / "tables")
+    broken = README.replace("<!-- end table -->", "<!-- end  table -->", 1)  # the first block's end, mistyped
+    with pytest.raises(ValueError, match="give every"):
+        readme.render(broken, tables)
+    path = tmp_path / "README.md"
+    path.write_text(broken)
+    monkeypatch.setattr(sys, "argv", ["python -m bmrs.report.readme", "--readme", str(path), "--tables-dir", str(tables)])
+    assert readme._main() == 2 and path.read_text() == broken  # "text between" and the second block are kept
+    assert "give every '<!-- table: NAME -->' line its own '<!-- end table -->' line" in capsys.readouterr().err
+
+
+def test_the_default_tables_dir_does_not_depend_on_the_working_directory():
+    assert readme.TABLES_DIR == readme.README.parent / "results" / "tables" and readme.TABLES_DIR.is_absolute()

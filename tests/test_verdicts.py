@@ -74,7 +74,7 @@ def test_knee_and_rank_claims_from_posttrain_and_ranks():
         pts.append({"dataset": "fashion_mnist", "network": "mlp", "seed": seed, "criterion": "bmrs_n_code",
                     "level": 100, "test_acc": 84.0, "param_compression_pct": stop})
     ranks = []
-    for seed, rho in ((1, 0.8), (2, 0.4)):
+    for seed, rho in ((1, 0.8), (2, 0.63)):  # 0.63: under the paper's low end 0.67, the one rule of both tables
         for r, c, v in (("bmrs_n", "snr", rho), ("bmrs_u8", "snr", 0.1), ("bmrs_u4", "snr", 0.0)):
             ranks.append({"dataset": "fashion_mnist", "network": "mlp", "seed": seed, "row": r, "col": c, "spearman": v})
     s = pd.DataFrame([_row("none", 1, 88.0, 0.0)])

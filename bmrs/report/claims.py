@@ -39,7 +39,7 @@ def _f(v) -> str:
 
 
 def posttrain_claims(stops: pd.DataFrame, ranks: pd.DataFrame, *, settings: int, reference: str = "snr",
-                     like_min: float = 0.6, poor_max: float = 0.5) -> pd.DataFrame:
+                     like_min: float = C.RANK_LIKE_MIN, poor_max: float = C.RANK_POOR_MAX) -> pd.DataFrame:
     """The post-training claims on our numbers. ``stops``: :func:`bmrs.report.curves.stops_vs_knee`;
     ``ranks``: :func:`bmrs.report.curves.rank_summary` (thresholds ``like_min``, ``poor_max``); ``settings``:
     the number of settings the sweeps ran. Columns: claim, ours, verdict."""

@@ -745,8 +745,16 @@ def rank_figure_stem(dataset: str, network: str) -> str:
     return f"fig{fig_no}_ranks_{dataset}_{network}" if fig_no else f"ranks_{dataset}_{network}"
 
 
-def rank_claims(matrix: pd.DataFrame, *, like_min: float = 0.6, poor_max: float = 0.5) -> dict[str, Any]:
-    """Claim 6 on one matrix: BMRS_N ranks like SNR (ρ(BMRS_N, SNR) ≥ ``like_min``; the paper reports
+#: BMRS_N ranks like SNR when ρ(BMRS_N, SNR) is at least the low end of the paper's range (Figures 3, 6, 7:
+#: 0.67–0.95); BMRS_U ranks poorly when ρ(BMRS_U-p, SNR) is at most RANK_POOR_MAX (the paper's: −0.71 … 0.47).
+#: The one rule of the rank claims: notebook 04's claims and the per-seed verdicts both use it.
+RANK_LIKE_MIN = 0.67
+RANK_POOR_MAX = 0.5
+
+
+def rank_claims(matrix: pd.DataFrame, *, like_min: float = RANK_LIKE_MIN,
+                poor_max: float = RANK_POOR_MAX) -> dict[str, Any]:
+    """Claim 6 on one matrix: BMRS_N ranks like SNR (ρ(BMRS_N, SNR) ≥ ``like_min``, the low end of the paper's
     0.67–0.95) and BMRS_U ranks poorly (ρ(BMRS_U-p, SNR) ≤ ``poor_max`` for p = 8 and 4 and below
     ρ(BMRS_N, SNR); the paper's values are −0.71 … 0.47). A missing entry gives None."""
 
@@ -754,7 +762,7 @@ def rank_claims(matrix: pd.DataFrame, *, like_min: float = 0.6, poor_max: float 
         return float(matrix.loc[a, b]) if a in matrix.index and b in matrix.columns else None
 
     n, u8, u4 = get("bmrs_n", "snr"), get("bmrs_u8", "snr"), get("bmrs_u4", "snr")
-    like = None if n is None else bool(n >= like_min)
+    like = None if n is None else bool(n >= like_min - 1e-9)
     us = [u for u in (u8, u4) if u is not None]
     poor = None if not us or n is None else bool(all(u <= poor_max and u < n for u in us))
     return {"rho_n_snr": n, "rho_u8_snr": u8, "rho_u4_snr": u4, "bmrs_n_like_snr": like, "bmrs_u_ranks_poorly": poor}
@@ -765,7 +773,8 @@ RANK_SUMMARY_COLUMNS = ("dataset", "network", "seeds", "rho_n_snr", "rho_u8_snr"
                         "bmrs_u_ranks_poorly", "paper_rho_n_snr", "paper_rho_u8_snr", "paper_rho_u4_snr")
 
 
-def rank_summary(ranks: pd.DataFrame, *, like_min: float = 0.6, poor_max: float = 0.5) -> pd.DataFrame:
+def rank_summary(ranks: pd.DataFrame, *, like_min: float = RANK_LIKE_MIN,
+                 poor_max: float = RANK_POOR_MAX) -> pd.DataFrame:
     """Per setting of ``ranks``: the number of seeds, :func:`rank_claims` on our mean matrix, the paper's
     ρ(·, SNR) of the same pairs (None where the paper has no matrix) and :func:`rank_difference` between the
     two (columns ``diff_*``)."""
@@ -929,7 +938,8 @@ __all__ = [
     "average_index", "average_interp", "baselines_table", "chord_distances", "criterion_key", "deployment_metrics",
     "figure2", "figure_grid", "find_knee", "knees", "knees_table", "label", "markdown", "mean_curve", "mean_rank_matrix",
     "normalize_curves", "paper_rank_matrix", "paper_stop_marker", "present_criteria", "plot_rank_matrix", "plot_stop_density",
-    "plot_tradeoff", "rank_claims", "rank_difference", "rank_figure", "rank_figure_stem", "rank_summary",
+    "plot_tradeoff", "RANK_LIKE_MIN", "RANK_POOR_MAX", "rank_claims", "rank_difference", "rank_figure",
+    "rank_figure_stem", "rank_summary",
     "rank_summary_table", "seed_curves", "settings_of", "stopping_points", "stops_table", "stops_text", "stops_vs_knee",
     "verdict", "write_table",
 ]

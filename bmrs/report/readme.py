@@ -23,9 +23,19 @@ from pathlib import Path
 from bmrs.util.atomic import atomic_path
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-TABLES_DIR = Path("results/tables")
+TABLES_DIR = README.parent / "results" / "tables"
 
-BLOCK = re.compile(r"(<!-- table: (?P<name>[\w./-]+) -->\n)(?P<body>.*?)(<!-- end table -->)", re.S)
+START, END = "<!-- table:", "<!-- end table -->"
+#: a block's body stops at the first marker, so a mistyped end marker cannot swallow the text up to the next block
+BLOCK = re.compile(r"(<!-- table: (?P<name>[\w./-]+) -->\n)(?P<body>(?:(?!<!-- (?:end )?table)[\s\S])*?)(<!-- end table -->)")
+
+
+def _check_markers(readme_text: str) -> None:
+    """ValueError unless every start marker has its end marker (so that filling changes nothing but tables)."""
+    starts, ends, blocks = readme_text.count(START), readme_text.count(END), len(BLOCK.findall(readme_text))
+    if not starts == ends == blocks:
+        raise ValueError(f"the README has {starts} '{START} NAME -->' marker(s), {ends} '{END}' marker(s) and "
+                         f"{blocks} well-formed block(s); give every '{START} NAME -->' line its own '{END}' line")
 
 
 def body_of(table_md: str) -> str:
@@ -37,12 +47,15 @@ def body_of(table_md: str) -> str:
 
 
 def block_names(readme_text: str) -> list[str]:
+    _check_markers(readme_text)
     return [m.group("name") for m in BLOCK.finditer(readme_text)]
 
 
 def render(readme_text: str, tables_dir: Path | str = TABLES_DIR, prefix: str = "") -> str:
     """The README with every block whose name starts with ``prefix`` filled from ``<tables_dir>/<name>.md``.
-    A block whose table does not exist raises FileNotFoundError naming the notebook run that writes it."""
+    A block whose table does not exist raises FileNotFoundError naming the notebook run that writes it; unpaired
+    markers raise ValueError."""
+    _check_markers(readme_text)
     def fill(m: re.Match) -> str:
         name = m.group("name")
         if not name.startswith(prefix):
@@ -80,7 +93,7 @@ def _main() -> int:
                 print(f"stale: {name}")
             return 1 if names else 0
         new = render(text, args.tables_dir, args.only)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if new != text:

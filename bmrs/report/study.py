@@ -270,21 +270,28 @@ IDENTITY_COLUMNS = ("dataset", "network", "method", "criterion", "seed", "settin
 
 def _records(text: str) -> tuple[list[str], str, list[tuple[list[str], str]]]:
     """A CSV text's header fields, the header's text, and its records: each as its fields (the strings as
-    written) and its exact text, newline-terminated. Blank lines are no records (a summary with no rows is
-    written as one empty line)."""
-    lines = text.splitlines(keepends=True)
-    reader = csv.reader(lines)
+    written) and its exact text, newline-terminated ("\n"; a byte-order mark and "\r\n" endings are read as
+    the pandas writer's plain text). Blank lines are no records (a summary with no rows is written as one empty
+    line). ValueError naming the line for what is no summary: an unclosed quote (e.g. a hand-resolved merge
+    conflict) or a record whose number of fields is not the header's."""
+    lines = text.removeprefix("\ufeff").replace("\r\n", "\n").splitlines(keepends=True)
+    reader = csv.reader(lines, strict=True)
     header, header_text, records, start = [], "", [], 0
-    for fields in reader:
-        chunk = "".join(lines[start:reader.line_num])
-        start = reader.line_num
-        if not fields:
-            continue
-        chunk = chunk if chunk.endswith("\n") else chunk + "\n"
-        if not header:
-            header, header_text = fields, chunk
-        else:
+    try:
+        for fields in reader:
+            chunk = "".join(lines[start:reader.line_num])
+            start = reader.line_num
+            if not fields:
+                continue
+            chunk = chunk if chunk.endswith("\n") else chunk + "\n"
+            if not header:
+                header, header_text = fields, chunk
+                continue
+            if len(fields) != len(header):
+                raise ValueError(f"line {reader.line_num}: {len(fields)} fields where the header has {len(header)}")
             records.append((fields, chunk))
+    except csv.Error as err:
+        raise ValueError(f"the record from line {start + 1} on: {err} (a quote that is never closed?)") from err
     return header, header_text, records
 
 
@@ -300,7 +307,7 @@ def _identity(header: list[str], fields: list[str], columns: list[str]) -> tuple
             return v
         return ("nan",) if f != f else f
     where = {c: i for i, c in enumerate(header)}
-    return tuple(norm(fields[where[c]]) if where[c] < len(fields) else ("nan",) for c in columns)
+    return tuple(norm(fields[where[c]]) if c in where else ("nan",) for c in columns)
 
 
 def merge_summary_csv(reference: str, new: str) -> str:
@@ -319,11 +326,10 @@ def merge_summary_csv(reference: str, new: str) -> str:
         return reference if ref_header else new
     if not ref_rows:
         return new
-    columns = [c for c in IDENTITY_COLUMNS if c in ref_header or c in new_header]
-    missing = [c for c in columns if c not in ref_header or c not in new_header]
-    if missing or not columns:
-        raise ValueError(f"cannot merge summaries: identity column(s) {missing or list(IDENTITY_COLUMNS)} are not "
-                         f"in both tables; publish without --merge to replace the reference")
+    columns = [c for c in IDENTITY_COLUMNS if c in ref_header or c in new_header]  # a column one side lacks: empty
+    if not columns:
+        raise ValueError(f"no identity column ({', '.join(IDENTITY_COLUMNS)}) in either table, so no row can be "
+                         f"matched; is this a summary of bmrs.report.study?")
     replaced = {_identity(new_header, fields, columns) for fields, _ in new_rows}
     kept = [(fields, text) for fields, text in ref_rows if _identity(ref_header, fields, columns) not in replaced]
     if ref_header == new_header:
@@ -335,7 +341,7 @@ def merge_summary_csv(reference: str, new: str) -> str:
     for header, rows in ((ref_header, kept), (new_header, new_rows)):
         where = {c: i for i, c in enumerate(header)}
         for fields, _ in rows:
-            writer.writerow([fields[where[c]] if c in where and where[c] < len(fields) else "" for c in union])
+            writer.writerow([fields[where[c]] if c in where else "" for c in union])
     return out.getvalue()
 
 
@@ -354,7 +360,11 @@ def publish_reference(profile: str = "quick", names: Iterable[str] | None = None
     for path in chosen:  # everything is read and merged before anything is written
         target = target_dir / path.name
         if merge and target.exists():
-            merged = merge_summary_csv(target.read_text(encoding="utf-8"), path.read_text(encoding="utf-8"))
+            try:
+                merged = merge_summary_csv(target.read_text(encoding="utf-8"), path.read_text(encoding="utf-8"))
+            except ValueError as err:
+                raise ValueError(f"cannot merge {path} into {target}: {err}; fix or `git checkout` {target}, "
+                                 f"then publish again (nothing was written)") from err
             contents[target] = (merged or "\n").encode()
         else:
             contents[target] = path.read_bytes()

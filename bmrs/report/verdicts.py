@@ -29,8 +29,6 @@ from bmrs.report.labels import method_label, setting_label
 
 ACC_SIGMAS = 2.0  # accuracy agrees when |ours - paper| <= 2 paper std
 COMP_POINTS = 5.0  # compression agrees when |ours - paper| <= 5 percentage points
-RANK_LIKE = (0.67, 0.95)  # the paper's Spearman range of BMRS_N vs SNR
-RANK_POOR_MAX = 0.5
 CELL_METHODS = tables.PAPER_METHODS + tables.EXTRA_METHODS
 
 
@@ -215,13 +213,15 @@ def _posttrain_claims(posttrain: pd.DataFrame | None, ranks: pd.DataFrame | None
             m = g.pivot_table(index="row", columns="col", values="spearman")
             c = curves.rank_claims(m)
             if c["rho_n_snr"] is not None:
-                like[int(seed)] = bool(RANK_LIKE[0] - 1e-9 <= c["rho_n_snr"] <= 1.0)
+                like[int(seed)] = c["bmrs_n_like_snr"]
                 vals_n.append(f"{c['rho_n_snr']:.2f}")
             poor[int(seed)] = c["bmrs_u_ranks_poorly"]
             vals_u.append("/".join(f"{v:.2f}" for v in (c["rho_u8_snr"], c["rho_u4_snr"]) if v is not None))
-        _claim(rows, "BMRS_N ranks units like SNR (Spearman ≥ 0.67; the paper: 0.67-0.95)", setting, True, like,
+        _claim(rows, f"BMRS_N ranks units like SNR (Spearman ≥ {curves.RANK_LIKE_MIN}; the paper: 0.67-0.95)",
+               setting, True, like,
                "yes (Figures 3, 6, 7: 0.67-0.95)", "ρ(BMRS_N, SNR): " + ", ".join(vals_n))
-        _claim(rows, "BMRS_U ranks units poorly (ρ with SNR ≤ 0.5 and below BMRS_N's)", setting, True, poor,
+        _claim(rows, f"BMRS_U ranks units poorly (ρ with SNR ≤ {curves.RANK_POOR_MAX} and below BMRS_N's)", setting,
+               True, poor,
                "yes (−0.71 … 0.47)", "ρ(U-8/U-4, SNR): " + ", ".join(vals_u))
     return rows
 
