@@ -94,7 +94,17 @@ INVALID = {
     "pretrained vit_tiny": (["train", "--dataset", "digits", "--network", "vit_tiny", "--method", "snr",
                              "--pretrained"], "ImageNet weights exist for"),
     "compact --threads 0": (["compact", "somewhere", "--threads", "0"], "--threads"),
+    "download an unknown data set": (["download", "mnist", "nope"], "invalid choice: 'nope'"),
+    "unknown command": (["nope"], "(see python -m bmrs --help)"),
 }
+
+
+def test_download_fetches_each_data_set_it_is_given_once(monkeypatch, capsys, tmp_path):
+    got = []
+    monkeypatch.setattr(cli.data, "download", lambda name, root=None: got.append((name, root)) or tmp_path / name)
+    code, err, out = _cli(["download", "mnist", "cifar10", "mnist", "--root", str(tmp_path)], capsys)
+    assert code == 0 and err == [] and got == [("mnist", tmp_path), ("cifar10", tmp_path)]
+    assert out.splitlines() == [f"downloaded mnist to {tmp_path / 'mnist'}", f"downloaded cifar10 to {tmp_path / 'cifar10'}"]
 
 
 @pytest.mark.parametrize("argv, says", INVALID.values(), ids=INVALID.keys())

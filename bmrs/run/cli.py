@@ -3,7 +3,7 @@
   train     train, prune and evaluate one (dataset, network, method, seed) run (cached by config hash)
   grid      every run of a profile's notebooks, on local workers or a Slurm cluster (resumable)
   compact   physically shrink a finished run's network and report parameters, MACs and latency
-  download  fetch a dataset through torchvision (the only command that uses the network)
+  download  fetch one or more datasets through torchvision (the only command that uses the network)
   show      print the final metrics of a run directory
 
 Errors a user can cause print one line starting with "error:" that says how to fix it, and exit
@@ -38,7 +38,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error as one line (exit 2) instead of the usage block."""
 
     def error(self, message: str) -> typing.NoReturn:
-        self.exit(EXIT_USAGE, f"error: {message} (see python -m bmrs {self.prog.split()[-1]} --help)\n")
+        self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
 
 
 def _method(value: str) -> str:
@@ -102,8 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--threads", type=int, default=1, help="CPU threads for the latency measurement")
     c.add_argument("--repeats", type=int, default=50)
 
-    d = sub.add_parser("download", help="download a dataset through torchvision")
-    d.add_argument("name", choices=dataset_names())
+    d = sub.add_parser("download", help="download datasets through torchvision")
+    d.add_argument("names", nargs="+", choices=dataset_names(), metavar="NAME",
+                   help=f"one or more of: {', '.join(dataset_names())}")
     d.add_argument("--root", type=Path)
 
     s = sub.add_parser("show", help="print the final metrics of a run directory")
@@ -142,8 +143,9 @@ def _compact(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    path = data.download(args.name, root=args.root)
-    print(f"downloaded {args.name} to {path}")
+    for name in dict.fromkeys(args.names):
+        path = data.download(name, root=args.root)
+        print(f"downloaded {name} to {path}")
     return 0
 
 
