@@ -202,3 +202,7 @@ if len(cells):
     print("saved", *tables.write_table(seed_claims, "table1_claims_by_seed", profile=profile, directory=tables_dir,
                                        seeds=sorted(set(summary["seed"])), epochs=epochs_t1, source=origin,
                                        title="Claims of Table 1, seed by seed"))
+else:  # no cell of the paper's Table 1 ran: no verdict table, and none left from an earlier run to be read as this one
+    for stem in ("table1_verdicts", "table1_agreement", "table1_claims_by_seed"):
+        (Path(tables_dir) / f"{stem}.md").unlink(missing_ok=True)
+    print("no cell of the paper's Table 1 was run: no verdicts")
