@@ -682,7 +682,7 @@ def test_kl_on_cpu_for_narrow_supports_tilted_beyond_the_series():
         sigma = torch.tensor([s], dtype=torch.float64, requires_grad=True)
         v = D.kl_per_unit(mu, sigma, a, b)
         gm, gs = torch.autograd.grad(v.sum(), [mu, sigma])
-        vals.append(float(v[0])), g_mu.append(float(gm[0])), g_sigma.append(float(gs[0]))
+        vals.append(float(v[0].detach())), g_mu.append(float(gm[0])), g_sigma.append(float(gs[0]))
     assert_close_rel(vals, [R.kl(m, s, a, b) for m, s in cases], 1e-12, labels=labels, what="KL")
     assert_matches_mp_derivative(np.array(g_mu), lambda i: (lambda x: R.kl(x, cases[i][1], a, b)),
                                  [c[0] for c in cases], labels, "dKL/dmu", rtol=1e-9)
