@@ -195,8 +195,9 @@ if len(cells):
     print("saved", *tables.write_table(cell_view, "table1_verdicts", profile=profile, directory=tables_dir,
                                        seeds=sorted(set(summary["seed"])), epochs=epochs_t1, source=origin,
                                        title="Table 1 cells: ours beside the paper's, with a verdict"))
-    print(verdicts.agreement_text(cells))
-    print("saved", write_text(Path(tables_dir) / "table1_agreement.md", verdicts.agreement_text(cells) + "\n"))
+    agreement = verdicts.agreement_text(cells)
+    print(agreement)
+    print("saved", write_text(Path(tables_dir) / "table1_agreement.md", agreement + "\n"))
     seed_claims = verdicts.claim_verdicts(summary[summary["network"].isin(tables.TABLE_NETWORKS["table1"])])
     display(Markdown(tables.to_markdown(seed_claims)))
     print("saved", *tables.write_table(seed_claims, "table1_claims_by_seed", profile=profile, directory=tables_dir,

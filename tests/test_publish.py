@@ -20,8 +20,12 @@ def _csv(rows) -> str:
     return pd.DataFrame(rows).to_csv(index=False)
 
 
+def _merge_text(reference: str, new: str) -> pd.DataFrame:
+    return pd.read_csv(io.StringIO(study.merge_summary_csv(reference, new)))
+
+
 def _merge(reference_rows, new_rows) -> pd.DataFrame:
-    return pd.read_csv(io.StringIO(study.merge_summary_csv(_csv(reference_rows), _csv(new_rows))))
+    return _merge_text(_csv(reference_rows), _csv(new_rows))
 
 
 def test_merge_keeps_other_results_and_replaces_recomputed_ones():
@@ -76,10 +80,6 @@ def test_an_identity_column_one_side_lacks_is_empty_there():
     merged = _merge_text(reference, new)
     got = sorted((r.seed, r.test_acc, r.p1) for r in merged.fillna({"p1": 0}).itertuples())
     assert got == [(100, 81.0, 0.0), (1000, 70.0, 2.0), (1000, 82.0, 0.0)]
-
-
-def _merge_text(reference: str, new: str) -> pd.DataFrame:
-    return pd.read_csv(io.StringIO(study.merge_summary_csv(reference, new)))
 
 
 HEADER = "dataset,network,method,seed,test_acc\n"
