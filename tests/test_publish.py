@@ -49,6 +49,23 @@ def test_merge_replaces_a_whole_curve_and_matches_seeds_written_as_floats():
     assert len(merged[merged["criterion"] == "snr"]) == 2
 
 
+def test_a_recomputed_result_replaces_its_older_copy_where_it_stood():
+    """The file keeps its order (the README's tables and the verdicts follow it): a result computed again takes
+    its older copy's place, a new result goes at the end."""
+    reference = [_continuous(1000, m, 80.0) for m in ("none", "l2", "snr")]
+    new = [_continuous(1001, "none", 70.0), _continuous(1000, "l2", 81.5)]
+    merged = _merge(reference, new)
+    assert list(zip(merged["seed"], merged["method"], merged["test_acc"])) == [
+        (1000, "none", 80.0), (1000, "l2", 81.5), (1000, "snr", 80.0), (1001, "none", 70.0)]
+    # a curve: its new levels, however many, where the old curve began
+    curve = lambda c, lv, acc: {"dataset": "d", "network": "mlp", "seed": 1, "criterion": c, "level": lv,  # noqa: E731
+                                "test_acc": acc}
+    merged = _merge([curve("l2", 0, 1.0), curve("l2", 50, 1.0), curve("snr", 0, 2.0)],
+                    [curve("l2", 0, 3.0), curve("l2", 25, 3.0), curve("l2", 50, 3.0)])
+    assert list(zip(merged["criterion"], merged["level"], merged["test_acc"])) == [
+        ("l2", 0, 3.0), ("l2", 25, 3.0), ("l2", 50, 3.0), ("snr", 0, 2.0)]
+
+
 def test_merge_writes_the_rows_it_keeps_back_byte_for_byte():
     """Untouched rows are not re-formatted, whatever pandas would make of them: a merge's diff is the rows it
     adds or replaces."""

@@ -37,6 +37,17 @@ def test_cell_verdict_bounds():
     assert shown.loc[("F-MNIST MLP", "SNR"), "acc. within ±2σ"] == "NO"
 
 
+def test_cells_follow_the_settings_and_table_1s_method_order_not_the_files_row_order():
+    s = _summary()
+    lenet = s.assign(network="lenet5")
+    moved = s["method"].isin(["bmrs_n_code", "none"])  # as after a merge that appended the MLP's rows recomputed
+    shuffled = pd.concat([s[~moved], lenet, s[moved]], ignore_index=True)
+    cells = V.cell_verdicts(shuffled)
+    order = list(V.CELL_METHODS)
+    assert list(zip(cells["network"], cells["method"])) == [("mlp", m) for m in order] + [("lenet5", m) for m in order]
+    assert list(V.cell_table(cells).index.get_level_values("setting").unique()) == ["F-MNIST MLP", "F-MNIST LeNet5"]
+
+
 def test_claims_count_the_seeds_that_agree():
     claims = V.claim_verdicts(_summary()).set_index("claim")
     snr = claims.loc["SNR (threshold 1) collapses"]

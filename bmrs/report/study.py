@@ -311,10 +311,11 @@ def _identity(header: list[str], fields: list[str], columns: list[str]) -> tuple
 
 
 def merge_summary_csv(reference: str, new: str) -> str:
-    """Merge two summaries given as CSV text: the reference's rows, except those whose identity
-    (:data:`IDENTITY_COLUMNS` present in either table) also occurs in ``new``, followed by all of ``new``'s rows.
-    Results computed on another machine or in another session are kept, and a result computed again replaces its
-    older copy as a whole (every level of a post-training curve, every unit of a unit table).
+    """Merge two summaries given as CSV text: the reference's rows, where the rows of one identity
+    (:data:`IDENTITY_COLUMNS` present in either table) that also occurs in ``new`` are replaced, in place, by
+    ``new``'s rows of that identity; ``new``'s other rows follow at the end. Results computed on another machine or
+    in another session are kept, a result computed again replaces its older copy as a whole (every level of a
+    post-training curve, every unit of a unit table) where the older copy stood, so the file keeps its order.
 
     Rows are kept as text: where both tables have the same columns, every kept row is written back byte for
     byte (no number is re-formatted, so a merge shows in ``git diff`` as exactly the rows it adds or replaces);
@@ -330,18 +331,27 @@ def merge_summary_csv(reference: str, new: str) -> str:
     if not columns:
         raise ValueError(f"no identity column ({', '.join(IDENTITY_COLUMNS)}) in either table, so no row can be "
                          f"matched; is this a summary of bmrs.report.study?")
-    replaced = {_identity(new_header, fields, columns) for fields, _ in new_rows}
-    kept = [(fields, text) for fields, text in ref_rows if _identity(ref_header, fields, columns) not in replaced]
+    incoming: dict[tuple, list] = {}
+    for fields, text in new_rows:
+        incoming.setdefault(_identity(new_header, fields, columns), []).append((new_header, fields, text))
+    merged, placed = [], set()
+    for fields, text in ref_rows:
+        key = _identity(ref_header, fields, columns)
+        if key not in incoming:
+            merged.append((ref_header, fields, text))
+        elif key not in placed:  # the first row of a recomputed identity: its new rows go here
+            merged.extend(incoming[key])
+            placed.add(key)
+    merged.extend(row for key, rows in incoming.items() if key not in placed for row in rows)
     if ref_header == new_header:
-        return ref_header_text + "".join(text for _, text in kept + new_rows)
+        return ref_header_text + "".join(text for _, _, text in merged)
     union = ref_header + [c for c in new_header if c not in ref_header]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(union)
-    for header, rows in ((ref_header, kept), (new_header, new_rows)):
+    for header, fields, _ in merged:
         where = {c: i for i, c in enumerate(header)}
-        for fields, _ in rows:
-            writer.writerow([fields[where[c]] if c in where else "" for c in union])
+        writer.writerow([fields[where[c]] if c in where else "" for c in union])
     return out.getvalue()
 
 

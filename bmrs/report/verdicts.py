@@ -45,9 +45,15 @@ def _fmt(mean: float, std: float, n: int | None = None, missing: str = tables.NO
 
 def cell_verdicts(summary: pd.DataFrame, table: str = "table1") -> pd.DataFrame:
     """One row per (network, dataset, method) of ``summary`` (a ``continuous`` summary): ours beside the
-    paper's, with ``acc_ok`` (within the paper's mean ± 2 std) and ``comp_ok`` (within ±5 points)."""
+    paper's, with ``acc_ok`` (within the paper's mean ± 2 std) and ``comp_ok`` (within ±5 points). Settings come
+    in the order they first appear in ``summary``, methods within one in Table 1's row order
+    (:data:`CELL_METHODS`, others after), whatever order the summary's rows are in."""
     rows = []
-    for (net, ds, method), g in summary.groupby(["network", "dataset", "method"], sort=False):
+    settings = {s: i for i, s in enumerate(dict.fromkeys(zip(summary["network"], summary["dataset"])))}
+    methods = {m: i for i, m in enumerate(CELL_METHODS)}
+    groups = sorted(summary.groupby(["network", "dataset", "method"], sort=False),
+                    key=lambda item: (settings[item[0][:2]], methods.get(item[0][2], len(methods))))
+    for (net, ds, method), g in groups:
         acc, acc_sd, n = _pm(g["test_acc"])
         comp, comp_sd, _ = _pm(g["param_compression_pct"])
         act, act_sd, _ = _pm(g.get("actual_param_compression_pct", pd.Series(dtype=float)))
