@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -38,12 +37,7 @@ from bmrs.run.config import RunConfig, base_config, build_model, criterion_for, 
 from bmrs.run.store import (RESULTS_DIR, ResultsCorruptError, check_model_file, config_from_dir,  # noqa: F401 (re-exported)
                             final_metrics, load_model, read_json, run_dir, save_model, write_json_atomic)
 from bmrs.run.train import PruningPlan, Trainer, pick_device, post_training_sweep
-from bmrs.util import locks
-
-
-def _environment() -> dict[str, Any]:
-    return {"torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-            "threads": torch.get_num_threads()}
+from bmrs.util import locks, provenance
 
 
 # A run's numbers must not depend on how many threads the process happens to have: torch's CPU kernels
@@ -144,7 +138,7 @@ def _run_locked(cfg: RunConfig, out: Path, *, results_dir, stop_after_epoch, for
         save_model(model, out / "model.pt")
         metrics = {"history": result.history, "final": result.final}
     metrics.update({"config": cfg.hashed_fields(), "run_id": cfg.run_id, "data_source": bundle.source,
-                    "wall_seconds": time.perf_counter() - t0, "environment": _environment(),
+                    "wall_seconds": time.perf_counter() - t0, "environment": provenance.environment(),
                     "device": str(device), "status": "complete"})
     write_json_atomic(metrics_path, metrics)
     (out / "checkpoint.pt").unlink(missing_ok=True)
@@ -233,7 +227,8 @@ def _sweep(name, model, state, bundle, levels, tcfg, *, base, device, finetune_e
                                       seed=base.seed, device=device, finetune_epochs=finetune_epochs_per_level)
     write_json_atomic(path, {"criterion": name, "levels": list(levels),
                              "finetune_epochs": finetune_epochs_per_level,
-                             "paper_metric_version": PAPER_METRIC_VERSION, "records": records})
+                             "paper_metric_version": PAPER_METRIC_VERSION, "environment": provenance.environment(),
+                             "records": records})
     return records
 
 
