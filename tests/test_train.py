@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -56,6 +57,23 @@ def test_every_method_runs_end_to_end_on_real_data(results, network, method):
         ref = run(cfg.replace(method="bmrs_n_code"), results_dir=results, log=lambda _: None)
         assert final["target_structure_compression_pct"] == pytest.approx(ref["final"]["structure_compression_pct"])
         assert final["structure_compression_pct"] == pytest.approx(ref["final"]["structure_compression_pct"], abs=0.5)
+
+
+def test_two_processes_compute_the_same_run_bit_for_bit(tmp_path):
+    """Across processes (another hash seed, a fresh RNG, numba's compiled cache) a run repeats exactly."""
+    import subprocess
+    import sys
+
+    args = ["--dataset", "digits", "--network", "mlp", "--method", "bmrs_n_code", "--epochs", "2",
+            "--finetune-epochs", "1", "--limit-train", "400", "--limit-test", "150", "--profile", "smoke"]
+    out = []
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        subprocess.run([sys.executable, "-m", "bmrs", "train", *args, "--results-dir", str(tmp_path / hash_seed)],
+                       env=env, check=True, capture_output=True)
+        (metrics,) = (tmp_path / hash_seed).glob("*/metrics.json")
+        out.append(_strip_times(json.loads(metrics.read_text())))
+    assert out[0] == out[1]
 
 
 def test_same_seed_gives_identical_metrics_and_another_seed_does_not(tmp_path):
