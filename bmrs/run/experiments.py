@@ -112,6 +112,7 @@ def _run_locked(cfg: RunConfig, out: Path, *, results_dir, stop_after_epoch, for
             raise ResultsCorruptError(f"{config_path} belongs to a different configuration; delete {out} (or pass "
                                       "--force) to recompute it")
 
+    environment = provenance.environment()  # of the code and machine that start (or resume) the run
     device = pick_device(cfg.device)
     tcfg = cfg.train_config()
     write_json_atomic(config_path, {"run": cfg.hashed_fields(), "train": dataclasses.asdict(tcfg),
@@ -138,7 +139,7 @@ def _run_locked(cfg: RunConfig, out: Path, *, results_dir, stop_after_epoch, for
         save_model(model, out / "model.pt")
         metrics = {"history": result.history, "final": result.final}
     metrics.update({"config": cfg.hashed_fields(), "run_id": cfg.run_id, "data_source": bundle.source,
-                    "wall_seconds": time.perf_counter() - t0, "environment": provenance.environment(),
+                    "wall_seconds": time.perf_counter() - t0, "environment": environment,
                     "device": str(device), "status": "complete"})
     write_json_atomic(metrics_path, metrics)
     (out / "checkpoint.pt").unlink(missing_ok=True)
@@ -218,6 +219,7 @@ def _stored_sweep(path: Path) -> list[dict[str, Any]] | None:
 
 
 def _sweep(name, model, state, bundle, levels, tcfg, *, base, device, finetune_epochs_per_level, path):
+    environment = provenance.environment()
     model.load_state_dict(state)
     if name == "eigendamage":
         records = posthoc.eigendamage_sweep(model, state, bundle, list(levels), tcfg, seed=base.seed, device=device,
@@ -227,7 +229,7 @@ def _sweep(name, model, state, bundle, levels, tcfg, *, base, device, finetune_e
                                       seed=base.seed, device=device, finetune_epochs=finetune_epochs_per_level)
     write_json_atomic(path, {"criterion": name, "levels": list(levels),
                              "finetune_epochs": finetune_epochs_per_level,
-                             "paper_metric_version": PAPER_METRIC_VERSION, "environment": provenance.environment(),
+                             "paper_metric_version": PAPER_METRIC_VERSION, "environment": environment,
                              "records": records})
     return records
 
