@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -61,9 +63,6 @@ def test_every_method_runs_end_to_end_on_real_data(results, network, method):
 
 def test_two_processes_compute_the_same_run_bit_for_bit(tmp_path):
     """Across processes (another hash seed, a fresh RNG, numba's compiled cache) a run repeats exactly."""
-    import subprocess
-    import sys
-
     args = ["--dataset", "digits", "--network", "mlp", "--method", "bmrs_n_code", "--epochs", "2",
             "--finetune-epochs", "1", "--limit-train", "400", "--limit-test", "150", "--profile", "smoke"]
     out = []

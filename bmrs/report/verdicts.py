@@ -49,10 +49,10 @@ def cell_verdicts(summary: pd.DataFrame, table: str = "table1") -> pd.DataFrame:
     in the order they first appear in ``summary``, methods within one in Table 1's row order
     (:data:`CELL_METHODS`, others after), whatever order the summary's rows are in."""
     rows = []
-    settings = {s: i for i, s in enumerate(dict.fromkeys(zip(summary["network"], summary["dataset"])))}
+    settings = {s: i for i, s in enumerate(curves.settings_of(summary))}  # (dataset, network) pairs
     methods = {m: i for i, m in enumerate(CELL_METHODS)}
     groups = sorted(summary.groupby(["network", "dataset", "method"], sort=False),
-                    key=lambda item: (settings[item[0][:2]], methods.get(item[0][2], len(methods))))
+                    key=lambda item: (settings[item[0][1], item[0][0]], methods.get(item[0][2], len(methods))))
     for (net, ds, method), g in groups:
         acc, acc_sd, n = _pm(g["test_acc"])
         comp, comp_sd, _ = _pm(g["param_compression_pct"])
